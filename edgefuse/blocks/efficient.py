@@ -1,0 +1,53 @@
+"""EfficientAttention (seed §5.3): the mobile-friendly gated fusion."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgefuse.blocks._utils import global_avg_pool, hidden_channels, zero_
+from edgefuse.blocks.gates import Gate
+from edgefuse.blocks.registry import register_fusion
+
+
+@register_fusion("effatt")
+class EfficientAttention(nn.Module):
+    """``a = gate(MLP(GAP(x + y)))``, ``out = 2 * (x*a + y*(1 - a))``, computed as ``2*(y + a*(x - y))``.
+
+    The MLP is conv1x1 -> norm -> ReLU -> conv1x1. The seed's ``LayerNorm([C/r, 1, 1])`` is
+    ``GroupNorm(1, C/r)`` here (the same normalisation, independent of spatial size); ``norm="none"``
+    drops it. ``y + a*(x - y)`` needs one multiply instead of two and maps onto int8 Mul/Add kernels.
+    The factor 2 makes a fresh block (a = 0.5) exactly ``x + y``, so it replaces an Add without
+    halving the signal in every residual merge; ``gain=1`` gives the seed's convex blend.
+
+    Args:
+        channels: channels of ``x`` and ``y``.
+        reduction: bottleneck ratio of the MLP.
+        gate: ``sigmoid`` or ``hard_sigmoid``.
+        norm: ``layernorm`` or ``none``.
+        gain: output scale (2.0: starts as Add; 1.0: the seed's blend, starts as the mean).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        reduction: int = 4,
+        gate: str = "sigmoid",
+        norm: str = "layernorm",
+        gain: float = 2.0,
+    ) -> None:
+        super().__init__()
+        if norm not in ("layernorm", "none"):
+            raise ValueError(f"norm must be 'layernorm' or 'none', got {norm!r}")
+        hidden = hidden_channels(channels, reduction)
+        self.fc1 = nn.Conv2d(channels, hidden, 1)
+        self.norm = nn.GroupNorm(1, hidden) if norm == "layernorm" else nn.Identity()
+        self.act = nn.ReLU()
+        self.fc2 = zero_(nn.Conv2d(hidden, channels, 1))
+        self.gate = Gate(gate)
+        self.gain = float(gain)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        a = self.gate(self.fc2(self.act(self.norm(self.fc1(global_avg_pool(x + y))))))
+        out = y + a * (x - y)
+        return out * self.gain if self.gain != 1.0 else out

@@ -1,0 +1,1 @@
+"""The ``edgefuse`` command line: thin typer commands over the library."""

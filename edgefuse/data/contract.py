@@ -1,0 +1,135 @@
+"""The preprocessing contract: how pixels become the model's input tensor.
+
+One contract travels with a model from training to calibration, evaluation and every exported
+artifact, so all of them see identically prepared inputs (calibrating on differently
+preprocessed data than evaluation is a classic silent int8 bug).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from edgefuse.errors import UsageError
+
+CONTRACT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PreprocessContract:
+    """What a runtime must do to an image before calling the model.
+
+    Steps, in order: convert to ``color`` ("L" grey or "RGB"; alpha is composited over black),
+    resize to ``input_size`` x ``input_size`` with ``resize`` interpolation, scale uint8 pixels by
+    ``scale``, subtract ``mean`` and divide by ``std`` per channel, lay out as ``layout``.
+
+    Attributes:
+        input_size: square side length in pixels.
+        channels: 1 or 3.
+        mean: per-channel mean, after scaling.
+        std: per-channel standard deviation, after scaling.
+        class_names: label of each output index.
+        scale: multiplier from uint8 pixels to [0, 1].
+        resize: PIL interpolation name ("bilinear").
+        layout: tensor layout of the model input ("NCHW").
+        input_name: name of the model input in exported graphs.
+    """
+
+    input_size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...] = field(default=())
+    scale: float = 1.0 / 255.0
+    resize: str = "bilinear"
+    layout: str = "NCHW"
+    input_name: str = "input"
+    version: int = CONTRACT_VERSION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        object.__setattr__(self, "class_names", tuple(str(v) for v in self.class_names))
+        if self.channels not in (1, 3):
+            raise UsageError(f"channels must be 1 or 3, got {self.channels}")
+        if self.input_size < 1:
+            raise UsageError(f"input size must be >= 1, got {self.input_size}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise UsageError(
+                f"mean and std need {self.channels} value(s) each, got {len(self.mean)} and {len(self.std)}"
+            )
+        if any(not np.isfinite(v) for v in self.mean + self.std) or any(s <= 0 for s in self.std):
+            raise UsageError("mean must be finite and std finite and > 0")
+        if self.resize not in _RESAMPLE:
+            raise UsageError(f"resize must be one of {', '.join(_RESAMPLE)}, got {self.resize!r}")
+        if self.layout != "NCHW":
+            raise UsageError(f"only NCHW layout is supported, got {self.layout!r}")
+
+    @property
+    def color(self) -> str:
+        """PIL mode the image is converted to: "L" or "RGB"."""
+        return "L" if self.channels == 1 else "RGB"
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (1, self.channels, self.input_size, self.input_size)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"], d["class_names"] = list(self.mean), list(self.std), list(self.class_names)
+        d["color"] = self.color
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessContract":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        try:
+            return cls(**known)
+        except TypeError as e:
+            raise UsageError(f"invalid preprocessing contract: {e}") from None
+
+    def to_image(self, pixels: np.ndarray | Image.Image) -> Image.Image:
+        """Convert raw pixels (uint8 HxW or HxWxC, or a PIL image of any mode) to the contract's mode."""
+        img = pixels if isinstance(pixels, Image.Image) else _array_to_image(pixels)
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            img = Image.new("RGB", rgba.size)
+            img.paste(rgba, mask=rgba.split()[-1])
+        return img.convert(self.color)
+
+    def preprocess(self, pixels: np.ndarray | Image.Image) -> np.ndarray:
+        """One image (uint8 array or PIL image) -> float32 CHW array, exactly as the model expects."""
+        img = self.to_image(pixels)
+        if img.size != (self.input_size, self.input_size):
+            img = img.resize((self.input_size, self.input_size), _RESAMPLE[self.resize])
+        arr = np.asarray(img, dtype=np.float32) * np.float32(self.scale)
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+
+
+def _array_to_image(a: np.ndarray) -> Image.Image:
+    a = np.asarray(a)
+    if a.dtype != np.uint8:
+        raise UsageError(f"raw pixels must be uint8, got {a.dtype}")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim == 2:
+        return Image.fromarray(a, "L")
+    if a.ndim == 3 and a.shape[2] in (3, 4):
+        return Image.fromarray(a, "RGB" if a.shape[2] == 3 else "RGBA")
+    raise UsageError(f"raw pixels must be HxW or HxWx(1|3|4), got shape {a.shape}")

@@ -1,0 +1,303 @@
+"""Labelled image sources: the bundled digits, image folders and ``.npz`` files.
+
+A source becomes :class:`DataSplits` of raw uint8 images (train / val / test, fixed by a seed);
+:class:`ImageDataset` applies a :class:`PreprocessContract` lazily, one image at a time, so memory
+stays bounded by the raw data, not by the model's input size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from edgefuse.data.contract import PreprocessContract
+from edgefuse.errors import DataError, InputFileError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+SPLIT_DIRS = ("train", "val", "test")
+
+
+@dataclass
+class RawImages:
+    """Images (uint8 arrays in memory, or file paths read on demand) with integer labels."""
+
+    items: Sequence[np.ndarray | Path]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, i: int) -> np.ndarray | Image.Image:
+        item = self.items[i]
+        if isinstance(item, Path):
+            return _open_image(item)
+        return item
+
+    def subset(self, idx: Sequence[int]) -> "RawImages":
+        return RawImages([self.items[i] for i in idx], self.labels[np.asarray(idx, dtype=int)])
+
+
+@dataclass
+class DataSplits:
+    """A labelled data set split into train, validation and test parts.
+
+    Attributes:
+        train, val, test: the parts; ``test`` is what accuracy is reported on.
+        class_names: label of each class index.
+        source: where the data came from.
+        fingerprint: sha256 over the source's content and the split, for manifests.
+    """
+
+    train: RawImages
+    val: RawImages
+    test: RawImages
+    class_names: tuple[str, ...]
+    source: str
+    fingerprint: str
+    default_channels: int = 3
+
+    def split(self, name: str) -> RawImages:
+        if name not in SPLIT_DIRS:
+            raise DataError(f"unknown split {name!r}; choose one of: {', '.join(SPLIT_DIRS)}")
+        return getattr(self, name)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """``(input tensor, label)`` pairs: raw images through a contract, preprocessed on access."""
+
+    def __init__(self, raw: RawImages, contract: PreprocessContract) -> None:
+        self.raw, self.contract = raw, contract
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(self.contract.preprocess(self.raw.image(i))), int(self.raw.labels[i])
+
+
+def load_data(
+    source: str | Path,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+) -> DataSplits:
+    """Load a labelled data set and split it reproducibly.
+
+    Args:
+        source: ``"digits"`` (scikit-learn's bundled 8x8 handwritten digits, 1,797 real images, no
+            download), a folder with one sub-folder per class (or ``train/``, ``val/``, ``test/``
+            folders of those), or an ``.npz`` file with ``x`` (N,H,W[,C] uint8, or float in [0, 1])
+            and ``y`` (N integers), optionally ``class_names``.
+        seed: seed of the stratified split; the same seed gives the same split.
+        val_fraction, test_fraction: shares of each class held out when the source is not pre-split.
+
+    Raises:
+        InputFileError: the path does not exist or is not a folder/``.npz``.
+        DataError: no images, fewer than two classes, unreadable images, bad array shapes.
+    """
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise DataError("val and test fractions must be in (0, 1) and sum to less than 1")
+    src = str(source)
+    if src == "digits":
+        return _digits(seed, val_fraction, test_fraction)
+    path = Path(src)
+    if not path.exists():
+        raise InputFileError(f"data not found: {path} (give 'digits', an image folder or an .npz file)")
+    if path.is_dir():
+        return _folder(path, seed, val_fraction, test_fraction)
+    if path.suffix.lower() == ".npz":
+        return _npz(path, seed, val_fraction, test_fraction)
+    raise InputFileError(f"unsupported data source {path}: give 'digits', an image folder or an .npz file")
+
+
+def _stratified_split(labels: np.ndarray, seed: int, val_fraction: float, test_fraction: float):
+    rng = np.random.default_rng(seed)
+    train, val, test = [], [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        n_test = max(1, int(round(len(idx) * test_fraction)))
+        n_val = max(1, int(round(len(idx) * val_fraction)))
+        if len(idx) < n_test + n_val + 1:
+            raise DataError(f"class {c} has {len(idx)} image(s); at least 3 are needed to split it")
+        test += idx[:n_test].tolist()
+        val += idx[n_test : n_test + n_val].tolist()
+        train += idx[n_test + n_val :].tolist()
+    return sorted(train), sorted(val), sorted(test)
+
+
+def _fingerprint(*parts: bytes | str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode() if isinstance(p, str) else p)
+    return h.hexdigest()
+
+
+def _arrays_splits(x: np.ndarray, y: np.ndarray, names, source, seed, vf, tf, channels) -> DataSplits:
+    tr, va, te = _stratified_split(y, seed, vf, tf)
+    raw = RawImages(list(x), y)
+    fp = _fingerprint(x.tobytes(), y.tobytes(), f"seed={seed},val={vf},test={tf}")
+    return DataSplits(raw.subset(tr), raw.subset(va), raw.subset(te), tuple(names), source, fp, channels)
+
+
+def _digits(seed: int, vf: float, tf: float) -> DataSplits:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    # Pixel values are 0..16; as uint8 0..255 they go through the same contract as any image file.
+    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
+    y = d.target.astype(np.int64)
+    return _arrays_splits(x, y, [str(i) for i in range(10)], "digits", seed, vf, tf, channels=1)
+
+
+def _npz(path: Path, seed: int, vf: float, tf: float) -> DataSplits:
+    if path.stat().st_size == 0:
+        raise InputFileError(f"{path} is empty")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            keys = set(f.files)
+            if not {"x", "y"} <= keys:
+                raise DataError(f"{path} must hold arrays 'x' and 'y' (found: {', '.join(sorted(keys)) or 'none'})")
+            x, y = f["x"], f["y"]
+            names = [str(n) for n in f["class_names"]] if "class_names" in keys else None
+    except DataError:
+        raise
+    except Exception as e:  # zip/format errors, pickled object arrays
+        raise InputFileError(f"{path} is not a readable .npz file ({type(e).__name__}: {e})") from None
+    if x.ndim == 4 and x.shape[-1] not in (1, 3, 4):
+        raise DataError(f"{path}: x must be N x H x W or N x H x W x C (C = 1, 3 or 4), got shape {x.shape}")
+    if x.ndim not in (3, 4) or len(x) == 0:
+        raise DataError(f"{path}: x must be a non-empty N x H x W[ x C] image array, got shape {x.shape}")
+    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: y must be {len(x)} integer labels, got {y.dtype} of shape {y.shape}")
+    if np.issubdtype(x.dtype, np.floating):
+        if not np.isfinite(x).all():
+            raise DataError(f"{path}: x holds NaN or Inf values")
+        if x.min() < 0 or x.max() > 1:
+            raise DataError(f"{path}: float images must lie in [0, 1], got [{x.min():.3g}, {x.max():.3g}]")
+        x = np.round(x * 255).astype(np.uint8)
+    elif x.dtype != np.uint8:
+        raise DataError(f"{path}: x must be uint8 or float in [0, 1], got {x.dtype}")
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise DataError(f"{path}: labels hold {len(classes)} class; at least 2 are needed")
+    if classes.min() < 0 or (names is None and classes.max() > 10_000):
+        raise DataError(f"{path}: labels must be class indices >= 0")
+    n_classes = int(classes.max()) + 1
+    if names is None:
+        names = [str(i) for i in range(n_classes)]
+    elif len(names) < n_classes:
+        raise DataError(f"{path}: {len(names)} class_names for labels up to {n_classes - 1}")
+    channels = 1 if x.ndim == 3 or x.shape[-1] == 1 else 3
+    return _arrays_splits(x, y.astype(np.int64), names, str(path), seed, vf, tf, channels)
+
+
+def _list_class_images(root: Path) -> tuple[list[str], list[Path], list[int]]:
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    paths, labels = [], []
+    for ci, c in enumerate(classes):
+        for f in sorted((root / c).rglob("*")):
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                paths.append(f)
+                labels.append(ci)
+    return classes, paths, labels
+
+
+def _folder(root: Path, seed: int, vf: float, tf: float) -> DataSplits:
+    pre_split = (root / "train").is_dir() and (root / "test").is_dir()
+    if pre_split:
+        parts = {}
+        for name in SPLIT_DIRS:
+            if (root / name).is_dir():
+                parts[name] = _list_class_images(root / name)
+        classes = parts["train"][0]
+        for name, (cls, paths, _) in parts.items():
+            if not paths:
+                raise DataError(f"{root / name} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            missing = sorted(set(classes) - set(cls))
+            if missing:
+                raise DataError(f"class(es) {', '.join(missing)} missing from {root / name}")
+            extra = sorted(set(cls) - set(classes))
+            if extra:
+                raise DataError(f"class(es) {', '.join(extra)} in {root / name} but not in {root / 'train'}")
+        all_paths = [p for n in parts for p in parts[n][1]]
+    else:
+        classes, all_paths, labels = _list_class_images(root)
+        if not all_paths:
+            raise DataError(
+                f"{root} holds no images: expected one sub-folder per class with {', '.join(IMAGE_SUFFIXES)} files"
+            )
+    if len(classes) < 2:
+        raise DataError(f"{root} has {len(classes)} class folder(s); at least 2 are needed")
+    _check_images(all_paths)
+    h = hashlib.sha256()
+    for p in all_paths:
+        h.update(str(p.relative_to(root)).encode())
+        h.update(p.read_bytes())
+    h.update(f"seed={seed},val={vf},test={tf}".encode())
+    if pre_split:
+        splits = {
+            n: RawImages(list(parts[n][1]), np.asarray(parts[n][2], dtype=np.int64)) for n in parts
+        }
+        if "val" not in splits:  # carve validation out of train
+            tr = splits["train"]
+            rng = np.random.default_rng(seed)
+            order = rng.permutation(len(tr))
+            n_val = max(len(classes), int(round(len(tr) * vf)))
+            splits["val"] = tr.subset(sorted(order[:n_val].tolist()))
+            splits["train"] = tr.subset(sorted(order[n_val:].tolist()))
+        train, val, test = splits["train"], splits["val"], splits["test"]
+    else:
+        y = np.asarray(labels, dtype=np.int64)
+        tr, va, te = _stratified_split(y, seed, vf, tf)
+        raw = RawImages(all_paths, y)
+        train, val, test = raw.subset(tr), raw.subset(va), raw.subset(te)
+    channels = 1 if all(_open_image(p).mode in ("L", "1", "I;16", "I") for p in all_paths[:16]) else 3
+    return DataSplits(train, val, test, tuple(classes), str(root), h.hexdigest(), channels)
+
+
+def _open_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"unreadable image {path}: {e}") from None
+
+
+def _check_images(paths: list[Path]) -> None:
+    for p in paths:
+        if p.stat().st_size == 0:
+            raise DataError(f"empty (0-byte) image file {p}: remove it or replace it")
+    for p in paths:
+        try:
+            with Image.open(p) as img:
+                img.verify()
+        except Exception as e:
+            raise DataError(f"unreadable image {p} ({e}): remove it or replace it") from None
+
+
+def norm_stats(raw: RawImages, channels: int, input_size: int, limit: int = 2000) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of ``raw`` after scaling to [0, 1] (the first ``limit`` images)."""
+    probe = PreprocessContract(input_size, channels, [0.0] * channels, [1.0] * channels)
+    n = min(len(raw), limit)
+    if n == 0:
+        raise DataError("cannot compute normalisation statistics of an empty split")
+    s = np.zeros(channels)
+    s2 = np.zeros(channels)
+    count = 0
+    for i in range(n):
+        a = probe.preprocess(raw.image(i)).reshape(channels, -1).astype(np.float64)
+        s += a.sum(1)
+        s2 += (a * a).sum(1)
+        count += a.shape[1]
+    mean = s / count
+    std = np.sqrt(np.maximum(s2 / count - mean * mean, 1e-12))
+    return [round(float(v), 4) for v in mean], [round(float(max(v, 1e-3)), 4) for v in std]

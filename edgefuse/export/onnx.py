@@ -1,0 +1,58 @@
+"""ONNX export through the dynamo exporter (``torch.onnx.export(..., dynamo=True)``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgefuse._quiet import quiet
+from edgefuse.errors import ExportError
+
+#: The ONNX opset edgefuse exports (onnxruntime 1.32 runs it; QDQ needs >= 13).
+DEFAULT_OPSET = 18
+
+
+def export_onnx(
+    model: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    path: str | Path,
+    *,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
+    dynamic_batch: bool = True,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Export ``model`` to ONNX at ``path`` (weights embedded in the file).
+
+    Args:
+        model: any ``nn.Module`` or ``torch.fx.GraphModule`` (e.g. a converted PT2E program).
+        example_inputs: example positional inputs; their batch size does not matter when dynamic.
+        input_names, output_names: graph I/O names (default ``input``/``input_1``.., ``output``).
+        dynamic_batch: make dimension 0 of every input symbolic (``batch``); else keep it fixed.
+        opset: ONNX opset version.
+
+    Raises:
+        ExportError: the exporter failed; the message names the first cause.
+    """
+    path = Path(path)
+    n = len(example_inputs)
+    input_names = input_names or (["input"] if n == 1 else [f"input_{i}" for i in range(n)])
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        dynamic_shapes = tuple({0: batch} for _ in example_inputs)
+    try:
+        with quiet():
+            program = torch.onnx.export(
+                model, tuple(example_inputs), None, dynamo=True, opset_version=opset,
+                input_names=input_names, output_names=output_names or ["output"],
+                dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
+            )
+            program.save(str(path), external_data=False)
+    except Exception as e:  # the exporter raises many types; one line is what users need
+        msg = str(e).strip().splitlines()
+        cause = next((ln for ln in msg if "Error" in ln or "error" in ln), msg[0] if msg else type(e).__name__)
+        raise ExportError(f"ONNX export failed: {cause[:300]}") from e
+    return path

@@ -1,0 +1,77 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from edgefuse.cli.main import app
+
+
+def run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "edgefuse.cli.main", *args], capture_output=True, text=True, env=env)
+
+
+def test_help_is_fast_and_lists_commands():
+    r = run("--help")
+    assert r.returncode == 0 and "train" in r.stdout and "inspect" in r.stdout
+    # --help must not import torch (instant start-up)
+    r = subprocess.run([sys.executable, "-c", "import sys; from edgefuse.cli.main import app; "
+                        "print('torch' in sys.modules)"], capture_output=True, text=True)
+    assert r.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("cmd", ["train", "inspect", "list"])
+def test_subcommand_help(cmd):
+    r = run(cmd, "--help")
+    assert r.returncode == 0 and "Usage" in r.stdout
+
+
+def _one_line_error(r, *needles):
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    for n in needles:
+        assert n in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_unknown_model_and_fusion(tmp_path):
+    _one_line_error(run("train", "--model", "vgg", "--out", str(tmp_path / "m.pt")), "unknown model", "resnet")
+    _one_line_error(run("train", "--fusion", "xx", "--out", str(tmp_path / "m.pt")), "unknown fusion", "effatt")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_missing_data_folder(tmp_path):
+    _one_line_error(run("train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "m.pt")), "not found")
+    assert not list(tmp_path.iterdir())
+
+
+def test_corrupt_checkpoint(tmp_path):
+    p = tmp_path / "model.pt"
+    p.write_bytes(b"this is not a checkpoint")
+    _one_line_error(run("inspect", str(p)), "corrupt")
+    _one_line_error(run("inspect", str(tmp_path / "missing.pt")), "not found")
+
+
+def test_inspect_real_checkpoint(tiny_checkpoint):
+    r = run("inspect", str(tiny_checkpoint), "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["model"] == "resnet" and info["arguments"]["fusion"] == "effatt"
+    assert info["parameters"] > 0 and info["MACs"] > 0
+    assert info["metrics"]["test_top1"] > 0.2
+    r = run("inspect", str(tiny_checkpoint))
+    assert r.returncode == 0 and "MACs" in r.stdout
+
+
+def test_train_refuses_to_overwrite(tiny_checkpoint):
+    before = tiny_checkpoint.read_bytes()
+    _one_line_error(run("train", "--out", str(tiny_checkpoint), "--epochs", "1"), "--force")
+    assert tiny_checkpoint.read_bytes() == before
+
+
+def test_debug_env_shows_traceback(tmp_path):
+    import os
+
+    r = run("inspect", str(tmp_path / "missing.pt"), env={**os.environ, "EDGEFUSE_DEBUG": "1"})
+    assert r.returncode == 2 and "Traceback" in r.stderr
