@@ -89,3 +89,263 @@ def describe_checkpoint(path: str | Path) -> dict:
         "preprocessing": {"resize": c.resize, "scale": round(c.scale, 8), "mean": list(c.mean), "std": list(c.std)},
         "metrics": loaded.metrics,
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Model sources: model.pt, .pt2, or a factory + weights
+# --------------------------------------------------------------------------------------------
+
+
+def _contract_from_flags(base, input_size, channels, mean, std, class_names):
+    from edgefuse.data import PreprocessContract
+    from edgefuse.errors import UsageError
+
+    if base is None and (input_size is None or channels is None):
+        raise UsageError("this model carries no preprocessing contract: pass --input-size and --channels "
+                         "(and --mean/--std if it was trained with normalisation)")
+    d = base.to_dict() if base is not None else {"input_size": input_size, "channels": channels,
+                                                  "mean": [0.0] * channels, "std": [1.0] * channels}
+    if input_size is not None:
+        d["input_size"] = input_size
+    if channels is not None:
+        d["channels"] = channels
+        if mean is None and base is not None and len(base.mean) != channels:
+            d["mean"], d["std"] = [0.0] * channels, [1.0] * channels
+    if mean is not None:
+        d["mean"] = list(mean) if len(mean) > 1 else list(mean) * d["channels"]
+    if std is not None:
+        d["std"] = list(std) if len(std) > 1 else list(std) * d["channels"]
+    if class_names:
+        d["class_names"] = list(class_names)
+    return PreprocessContract.from_dict(d)
+
+
+def load_model_source(
+    source: str | Path,
+    *,
+    factory: str | None = None,
+    input_size: int | None = None,
+    channels: int | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+):
+    """Load a model to quantize/export: an edgefuse ``model.pt``, a ``torch.export`` archive (``.pt2``),
+    or ``factory="package.module:function"`` called with no arguments plus ``source`` as its
+    state_dict (loaded ``weights_only``). Returns ``(module, contract, info)``.
+
+    Only the factory form executes user code, and only because the user named it.
+    """
+    import importlib
+
+    import torch
+
+    from edgefuse.checkpoint import _short, load_checkpoint
+    from edgefuse.errors import CheckpointError, InputFileError, UsageError
+
+    path = Path(source)
+    if not path.exists():
+        raise InputFileError(f"model file not found: {path}")
+    if path.is_dir():
+        raise InputFileError(f"{path} is a folder, not a model file")
+    if path.stat().st_size == 0:
+        raise InputFileError(f"model file {path} is empty (0 bytes)")
+    info = {"source": str(path)}
+    if factory:
+        mod_name, _, fn_name = factory.partition(":")
+        if not mod_name or not fn_name:
+            raise UsageError(f"--factory must look like package.module:function, got {factory!r}")
+        try:
+            fn = getattr(importlib.import_module(mod_name), fn_name)
+        except (ImportError, AttributeError) as e:
+            raise UsageError(f"cannot import factory {factory}: {e}") from None
+        model = fn()
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"{path} is not a weights-only state_dict ({_short(e)})") from None
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        try:
+            model.load_state_dict(state)
+        except Exception as e:
+            raise CheckpointError(f"{path}: state_dict does not match {factory}() ({_short(e)})") from None
+        info["factory"] = factory
+        return model.eval(), _contract_from_flags(None, input_size, channels, mean, std, None), info
+    if path.suffix == ".pt2":
+        from edgefuse._quiet import quiet
+
+        try:
+            with quiet():
+                program = torch.export.load(str(path))
+        except Exception as e:
+            raise CheckpointError(f"{path} is corrupt or not a torch.export archive ({_short(e)})") from None
+        info["format"] = "pt2"
+        return program.module(), _contract_from_flags(None, input_size, channels, mean, std, None), info
+    loaded = load_checkpoint(path)
+    info.update({"format": "edgefuse.checkpoint", "model": loaded.spec, "metrics": loaded.metrics})
+    contract = loaded.contract
+    if any(v is not None for v in (input_size, channels, mean, std)):
+        contract = _contract_from_flags(contract, input_size, channels, mean, std, None)
+    return loaded.model, contract, info
+
+
+# --------------------------------------------------------------------------------------------
+# export --int8 and validate
+# --------------------------------------------------------------------------------------------
+
+
+def _accuracy(fn, dataset) -> float:
+    from edgefuse.training import evaluate
+
+    return evaluate(fn, dataset)
+
+
+def export_model(
+    source: str | Path,
+    out_dir: str | Path,
+    *,
+    int8: bool = True,
+    calib: str | None = "digits",
+    data: str | None = None,
+    quant_config=None,
+    qat_config=None,
+    formats: tuple[str, ...] = ("onnx", "torchscript"),
+    batch: int | None = None,
+    opset: int | None = None,
+    budgets=None,
+    validate: bool = True,
+    threads: int = 1,
+    runs: int = 100,
+    force: bool = False,
+    seed: int = 0,
+    model_kwargs: dict | None = None,
+    progress: Progress = NullProgress(),
+) -> dict:
+    """``edgefuse export``: load, quantize (PTQ or QAT), export, validate. Returns a summary dict with
+    ``export`` (:class:`ExportResult`), ``report`` (:class:`ValidationReport` or None) and accuracies.
+
+    The gate's verdict is in ``report.passed``; this function does not raise on a failed gate.
+    """
+    from edgefuse.data import ImageDataset, load_data
+    from edgefuse.errors import DataError, UsageError
+    from edgefuse.export import DEFAULT_OPSET, export_artifacts
+    from edgefuse.quantize import QuantConfig, TensorBatches, quantize_ptq, quantize_qat
+    from edgefuse.validate import Budgets, validate_models, write_report
+
+    out = Path(out_dir)
+    if (out / "manifest.json").exists() and not force:
+        raise UsageError(f"{out} already holds exported artifacts; pass --force to replace them")
+    model, contract, info = load_model_source(source, **(model_kwargs or {}))
+    quant_config = quant_config or QuantConfig()
+    budgets = budgets or Budgets()
+    if int8 and not calib:
+        raise UsageError("--int8 needs calibration data: pass --calib DATA")
+    eval_source = data or calib
+    splits = {}
+    for src in {s for s in (calib if int8 else None, eval_source) if s}:
+        splits[src] = load_data(src, seed=seed)
+    if eval_source:
+        names = splits[eval_source].class_names
+        if contract.class_names and tuple(contract.class_names) != tuple(names):
+            raise DataError(f"the data's classes ({', '.join(names[:5])}...) differ from the model's "
+                            f"({', '.join(contract.class_names[:5])}...)")
+        if not contract.class_names:
+            from dataclasses import replace
+
+            contract = replace(contract, class_names=tuple(names))
+    import torch
+
+    probe = torch.zeros(contract.input_shape)
+    try:
+        with torch.no_grad():
+            n_out = model.eval()(probe).shape[-1]
+    except Exception as e:
+        raise UsageError(f"the model does not accept a {tuple(probe.shape)} input ({str(e).splitlines()[0][:150]}); "
+                         "check --input-size and --channels") from None
+    if contract.class_names and n_out != len(contract.class_names):
+        raise DataError(f"the model has {n_out} outputs but the data has {len(contract.class_names)} classes")
+
+    result: dict = {"source": info, "accuracy": {}}
+    quantized = None
+    test_ds = ImageDataset(splits[eval_source].test, contract) if eval_source else None
+    if test_ds is not None:
+        result["accuracy"]["fp32_pytorch"] = _accuracy(model, test_ds)
+    if int8:
+        calib_ds = ImageDataset(splits[calib].train, contract)
+        reader = TensorBatches(calib_ds, quant_config.calib_samples, quant_config.calib_batch_size)
+        quantized = quantize_ptq(model, reader, quant_config, progress=progress)
+        if test_ds is not None:
+            result["accuracy"]["ptq_pytorch"] = _accuracy(quantized.program, test_ds)
+        if qat_config is not None:
+            quantized = quantize_qat(model, calib_ds, quant_config, qat_config, progress=progress)
+            if test_ds is not None:
+                result["accuracy"]["qat_pytorch"] = _accuracy(quantized.program, test_ds)
+    manifest_extra = {"source": {k: v for k, v in info.items() if k != "metrics"},
+                      "data": {s: {"fingerprint": sp.fingerprint} for s, sp in splits.items()},
+                      "seed": seed, "accuracy_pytorch": result["accuracy"]}
+    exported = export_artifacts(model, contract, out, quantized=quantized, formats=formats, batch=batch,
+                                opset=opset or DEFAULT_OPSET, force=force, manifest_extra=manifest_extra)
+    result["export"] = exported
+    result["report"] = None
+    fp32_onnx, int8_onnx = exported.path("onnx", "fp32"), exported.path("onnx", "int8")
+    if validate and int8 and fp32_onnx and int8_onnx:
+        report = validate_models(
+            fp32_onnx, int8_onnx, test_ds, threads=threads, runs=runs, budgets=budgets, progress=progress,
+            data_info={"source": eval_source, "split": "test"} if eval_source else {"source": None},
+        )
+        report.extra["accuracy_pytorch"] = result["accuracy"]
+        if quantized is not None and test_ds is not None:
+            from edgefuse.validate import OrtModel
+            from edgefuse.validate.metrics import agreement
+
+            xs = torch.stack([test_ds[i][0] for i in range(len(test_ds))])
+            with torch.no_grad():
+                pt = quantized.program(xs).numpy()
+            ort_int8 = OrtModel(int8_onnx, threads).run(xs.numpy())
+            report.extra["int8_pytorch_vs_onnxruntime_agreement"] = agreement(pt, ort_int8)
+        report.extra["notes"] = exported.notes
+        write_report(report, out)
+        result["report"] = report
+    return result
+
+
+def validate_files(
+    fp32: str | Path,
+    int8: str | Path,
+    *,
+    data: str | None,
+    split: str = "test",
+    out_dir: str | Path | None = None,
+    budgets=None,
+    threads: int = 1,
+    runs: int = 100,
+    seed: int = 0,
+    contract_flags: dict | None = None,
+    progress: Progress = NullProgress(),
+):
+    """``edgefuse validate``: compare two model files on labelled data; write reports if ``out_dir``."""
+    import json
+
+    from edgefuse.data import ImageDataset, PreprocessContract, load_data
+    from edgefuse.errors import UsageError
+    from edgefuse.validate import Budgets, OrtModel, validate_models, write_report
+
+    meta = OrtModel(fp32).metadata()
+    base = PreprocessContract.from_dict(json.loads(meta["edgefuse.contract"])) if "edgefuse.contract" in meta else None
+    flags = {k: v for k, v in (contract_flags or {}).items() if v is not None}
+    if base is None or flags:
+        contract = _contract_from_flags(base, flags.get("input_size"), flags.get("channels"),
+                                        flags.get("mean"), flags.get("std"), None)
+    else:
+        contract = base
+    dataset = None
+    if data:
+        splits = load_data(data, seed=seed)
+        if contract.class_names and tuple(contract.class_names) != splits.class_names:
+            raise UsageError(f"the data's classes differ from the model's ({', '.join(contract.class_names[:5])}...)")
+        dataset = ImageDataset(splits.split(split), contract)
+    report = validate_models(fp32, int8, dataset, threads=threads, runs=runs, budgets=budgets or Budgets(),
+                             data_info={"source": data, "split": split}, progress=progress)
+    if out_dir:
+        write_report(report, out_dir)
+    return report

@@ -122,6 +122,182 @@ def inspect(path: Path = typer.Argument(..., help="A model.pt checkpoint."),
     out.print(t)
 
 
+def _floats(text: Optional[str]) -> Optional[list[float]]:
+    if text is None:
+        return None
+    from edgefuse.errors import UsageError
+
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _print_report(report, accuracy: dict | None = None) -> None:
+    from rich.table import Table
+
+    from edgefuse.cli._ui import out
+
+    def pct(v):
+        return "—" if v is None else f"{100 * v:.2f}%"
+
+    t = Table(title="fp32 vs int8 in onnxruntime (CPU, batch 1, "
+                    f"{report.runtime['threads']} thread(s), {report.fp32.latency['runs']} interleaved runs)",
+              title_justify="left")
+    t.add_column("")
+    t.add_column("fp32", justify="right")
+    t.add_column("int8", justify="right")
+    t.add_row("top-1", pct(report.fp32.top1), pct(report.int8.top1))
+    if report.fp32.top5 is not None:
+        t.add_row("top-5", pct(report.fp32.top5), pct(report.int8.top5))
+    t.add_row("size", f"{report.fp32.bytes / 1024:.0f} KiB", f"{report.int8.bytes / 1024:.0f} KiB ({report.size_ratio:.2f}x)")
+    t.add_row("latency median", f"{report.fp32.latency['median_ms']:.3f} ms", f"{report.int8.latency['median_ms']:.3f} ms")
+    t.add_row("latency p90", f"{report.fp32.latency['p90_ms']:.3f} ms", f"{report.int8.latency['p90_ms']:.3f} ms")
+    out.print(t)
+    speed = (f"int8 is {report.speedup:.2f}x faster" if report.latency_ratio < 1
+             else f"int8 is {report.latency_ratio:.2f}x SLOWER than fp32")
+    out.print(f"latency int8/fp32 = {report.latency_ratio:.3f} ({speed}); top-1 agreement {pct(report.agreement)}; "
+              f"output SQNR {report.sqnr_db:.1f} dB" if report.sqnr_db is not None else
+              f"latency int8/fp32 = {report.latency_ratio:.3f} ({speed})", highlight=False)
+    if report.accuracy_drop is not None:
+        unit = "pp" if report.budgets.drop_type == "absolute" else "% relative"
+        out.print(f"accuracy drop {report.accuracy_drop:.2f} {unit} on {report.data.get('samples')} images", highlight=False)
+    if accuracy:
+        out.print("PyTorch top-1: " + ", ".join(f"{k.replace('_pytorch', '')} {pct(v)}" for k, v in accuracy.items()),
+                  highlight=False)
+    out.print(f"gate: {'[green]PASSED[/]' if report.passed else '[red]FAILED[/]'}")
+
+
+def _gate_exit(report) -> None:
+    from edgefuse.errors import GateFailed
+
+    if not report.passed:
+        raise GateFailed("gate failed: " + "; ".join(report.failures))
+
+
+@app.command()
+def export(
+    model: Path = typer.Argument(..., help="model.pt from `edgefuse train`, a torch.export archive (.pt2), or a "
+                                            "state_dict with --factory."),
+    out: Path = typer.Option(Path("build"), "--out", "-o", help="Output folder for artifacts, manifest and report."),
+    int8: bool = typer.Option(False, "--int8", help="Also build an int8 model (PTQ, or QAT with --qat)."),
+    calib: str = typer.Option("digits", help="Calibration (and QAT training) data: digits, an image folder or an .npz; "
+                                             "its train split is used, preprocessed exactly as for evaluation."),
+    data: Optional[str] = typer.Option(None, help="Labelled evaluation data (test split); default: --calib."),
+    calib_samples: int = typer.Option(300, help="Calibration images."),
+    calibration: str = typer.Option("histogram", help="Activation ranges: minmax, moving_average or histogram."),
+    per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="int8 weight scales per output channel."),
+    exclude: Optional[list[str]] = typer.Option(None, help="Regex over module paths to keep in fp32 (repeatable)."),
+    qat: bool = typer.Option(False, "--qat", help="Quantization-aware fine-tuning instead of PTQ alone."),
+    epochs: int = typer.Option(3, help="QAT epochs."),
+    qat_lr: float = typer.Option(5e-5, help="QAT learning rate."),
+    formats: str = typer.Option("onnx,torchscript", "--format", help="Comma-separated: onnx, torchscript."),
+    batch: Optional[int] = typer.Option(None, help="Fixed batch size (default: dynamic batch dimension)."),
+    opset: int = typer.Option(18, help="ONNX opset."),
+    max_drop: Optional[float] = typer.Option(None, help="Gate: largest top-1 drop of int8 vs fp32 (percentage points)."),
+    drop_type: str = typer.Option("absolute", help="absolute (pp) or relative (% of fp32 accuracy)."),
+    max_latency_ratio: float = typer.Option(1.0, help="Gate: largest int8/fp32 median latency (1.0 = parity)."),
+    threads: int = typer.Option(1, help="onnxruntime threads for the latency measurement."),
+    runs: int = typer.Option(100, help="Timed runs per model (interleaved, after 10 warm-up runs)."),
+    no_validate: bool = typer.Option(False, "--no-validate", help="Skip the onnxruntime validation and gate."),
+    factory: Optional[str] = typer.Option(None, help="package.module:function building the model for a state_dict "
+                                                     "(runs that code: only for code you trust)."),
+    input_size: Optional[int] = typer.Option(None, help="Input side in pixels (overrides/defines the contract)."),
+    channels: Optional[int] = typer.Option(None, help="Input channels (1 or 3)."),
+    mean: Optional[str] = typer.Option(None, help="Per-channel mean after scaling to [0, 1], comma-separated."),
+    std: Optional[str] = typer.Option(None, help="Per-channel std, comma-separated."),
+    seed: int = typer.Option(0, help="Seed of the data split."),
+    force: bool = typer.Option(False, "--force", help="Replace artifacts already in --out."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or table."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Export ONNX and TorchScript artifacts; with --int8 quantize (torchao PT2E), then validate fp32 vs int8 in
+    onnxruntime and apply the gate (exit 1 when --max-drop or --max-latency-ratio is exceeded)."""
+    from edgefuse.api import export_model
+    from edgefuse.export import parse_formats
+    from edgefuse.quantize import QATConfig, QuantConfig
+    from edgefuse.validate import Budgets
+
+    fmts = parse_formats(formats)
+    qcfg = QuantConfig(per_channel=per_channel, calibration=calibration, calib_samples=calib_samples,
+                       exclude=tuple(exclude or ()))
+    budgets = Budgets(max_drop=max_drop, drop_type=drop_type, max_latency_ratio=max_latency_ratio)
+    qat_cfg = QATConfig(epochs=epochs, lr=qat_lr, seed=seed) if qat else None
+    if qat and not int8:
+        int8 = True
+    progress = _progress(quiet or json_out)
+    try:
+        res = export_model(
+            model, out, int8=int8, calib=calib, data=data, quant_config=qcfg, qat_config=qat_cfg, formats=fmts,
+            batch=batch, opset=opset, budgets=budgets, validate=not no_validate, threads=threads, runs=runs,
+            force=force, seed=seed, progress=progress,
+            model_kwargs={"factory": factory, "input_size": input_size, "channels": channels,
+                          "mean": _floats(mean), "std": _floats(std)},
+        )
+    finally:
+        progress.close()
+    report = res["report"]
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(report.to_dict() if report else {"artifacts": res["export"].manifest["artifacts"]}, indent=2))
+    elif not quiet:
+        from edgefuse.cli._ui import out as console
+
+        for a in res["export"].artifacts:
+            console.print(f"wrote {res['export'].out_dir / a.file}  ({a.bytes / 1024:.0f} KiB)", highlight=False)
+        for n in res["export"].notes:
+            console.print(f"note: {n}", highlight=False)
+        if report:
+            _print_report(report, res["accuracy"])
+            console.print(f"report: {res['export'].out_dir / 'report.md'}", highlight=False)
+    if report:
+        _gate_exit(report)
+
+
+@app.command()
+def validate(
+    fp32: Path = typer.Option(..., help="fp32 model (.onnx)."),
+    int8: Path = typer.Option(..., help="int8 model (.onnx)."),
+    data: Optional[str] = typer.Option(None, help="Labelled data: digits, image folder or .npz (omit: latency and size only)."),
+    split: str = typer.Option("test", help="Split to evaluate on: train, val or test."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for report.json and report.md."),
+    max_drop: Optional[float] = typer.Option(None, help="Gate: largest top-1 drop (percentage points)."),
+    drop_type: str = typer.Option("absolute", help="absolute (pp) or relative (% of fp32 accuracy)."),
+    max_latency_ratio: float = typer.Option(1.0, help="Gate: largest int8/fp32 median latency (1.0 = parity)."),
+    threads: int = typer.Option(1, help="onnxruntime intra-op threads."),
+    runs: int = typer.Option(100, help="Timed runs per model (interleaved, after 10 warm-up runs)."),
+    input_size: Optional[int] = typer.Option(None, help="Input side, for models without an edgefuse contract."),
+    channels: Optional[int] = typer.Option(None, help="Input channels, for models without an edgefuse contract."),
+    mean: Optional[str] = typer.Option(None, help="Per-channel mean, comma-separated."),
+    std: Optional[str] = typer.Option(None, help="Per-channel std, comma-separated."),
+    seed: int = typer.Option(0, help="Seed of the data split (must match training's)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Compare fp32 and int8 models in onnxruntime on the CPU: accuracy, agreement, SQNR, size, latency.
+    Exit 0 when every budget holds, 1 when one is exceeded, 2 on bad input."""
+    from edgefuse.api import validate_files
+    from edgefuse.validate import Budgets
+
+    budgets = Budgets(max_drop=max_drop, drop_type=drop_type, max_latency_ratio=max_latency_ratio)
+    progress = _progress(quiet or json_out)
+    try:
+        report = validate_files(fp32, int8, data=data, split=split, out_dir=out, budgets=budgets, threads=threads,
+                                runs=runs, seed=seed, progress=progress,
+                                contract_flags={"input_size": input_size, "channels": channels,
+                                                "mean": _floats(mean), "std": _floats(std)})
+    finally:
+        progress.close()
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    elif not quiet:
+        _print_report(report)
+    _gate_exit(report)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app and map errors to one line and an exit code."""
     debug = os.environ.get("EDGEFUSE_DEBUG", "") not in ("", "0")

@@ -1,0 +1,273 @@
+"""Post-training quantization and quantization-aware training through torchao's PT2E flow.
+
+``torch.export`` (batch dimension symbolic) -> ``prepare_pt2e`` / ``prepare_qat_pt2e`` with
+:class:`EdgefuseQuantizer` -> calibrate or fine-tune -> ``convert_pt2e``. The result is a
+``torch.fx.GraphModule`` with explicit quantize/dequantize ops that the ONNX exporter turns
+into QDQ int8.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Protocol
+
+import torch
+from torch import nn
+
+from edgefuse._quiet import import_pt2e, quiet
+from edgefuse.errors import DataError, UsageError
+from edgefuse.progress import NullProgress, Progress
+from edgefuse.quantize.config import QuantConfig
+from edgefuse.quantize.quantizer import EdgefuseQuantizer
+
+import_pt2e()
+import torchao.quantization.pt2e as _ao  # noqa: E402
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e  # noqa: E402
+
+
+class CalibrationDataReader(Protocol):
+    """onnxruntime's calibration protocol: ``get_next()`` returns the next input batch, or None at the end."""
+
+    def get_next(self) -> torch.Tensor | None: ...
+
+
+class TensorBatches:
+    """A :class:`CalibrationDataReader` over ``(input, label)`` datasets or plain tensors.
+
+    Args:
+        dataset: indexable of ``(input, label)`` pairs (e.g. ``edgefuse.data.ImageDataset``) or of tensors.
+        samples: how many items to use (the first ``samples``); more than the dataset holds is an error.
+        batch_size: items per batch.
+    """
+
+    def __init__(self, dataset, samples: int, batch_size: int = 32) -> None:
+        if samples > len(dataset):
+            raise DataError(
+                f"calibration needs {samples} images but the calibration split holds {len(dataset)}; "
+                f"pass --calib-samples {len(dataset)} or more data"
+            )
+        self.dataset, self.samples, self.batch_size = dataset, samples, batch_size
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return math.ceil(self.samples / self.batch_size)
+
+    def get_next(self) -> torch.Tensor | None:
+        if self._pos >= self.samples:
+            return None
+        end = min(self._pos + self.batch_size, self.samples)
+        items = [self.dataset[i] for i in range(self._pos, end)]
+        self._pos = end
+        x = torch.stack([it[0] if isinstance(it, (tuple, list)) else it for it in items])
+        if not torch.isfinite(x).all():
+            raise DataError("calibration data holds NaN or Inf values")
+        return x
+
+    def rewind(self) -> None:
+        self._pos = 0
+
+
+def _convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    with quiet():
+        program = convert_pt2e(prepared)
+    # Let generic code call .eval() on the program (it has no train-only behaviour left).
+    _ao.allow_exported_model_train_eval(program)
+    return program
+
+
+def _iterate(reader: CalibrationDataReader) -> Iterator[torch.Tensor]:
+    while (batch := reader.get_next()) is not None:
+        yield batch
+
+
+@dataclass
+class QuantizedModel:
+    """An int8 program and how it was made.
+
+    Attributes:
+        program: the converted ``GraphModule`` (quantize/dequantize ops around int8 weights).
+        config: the :class:`QuantConfig` used.
+        method: ``ptq`` or ``qat``.
+        example_input: an input of the right shape (batch 1) for export.
+        calib_samples: images the activation ranges were calibrated (or fine-tuned) on.
+        history: per-epoch QAT records.
+    """
+
+    program: torch.fx.GraphModule
+    config: QuantConfig
+    method: str
+    example_input: torch.Tensor
+    calib_samples: int
+    history: list[dict] = field(default_factory=list)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.program(x)
+
+
+def capture(model: nn.Module, example_input: torch.Tensor) -> torch.fx.GraphModule:
+    """``torch.export`` the model with a symbolic batch dimension and return its graph module."""
+    example = example_input if example_input.shape[0] > 1 else example_input.repeat(2, *[1] * (example_input.ndim - 1))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with quiet():
+        return torch.export.export(model, (example,), dynamic_shapes=({0: batch},)).module()
+
+
+def quantize_ptq(
+    model: nn.Module,
+    calibration: CalibrationDataReader,
+    config: QuantConfig = QuantConfig(),
+    *,
+    progress: Progress = NullProgress(),
+) -> QuantizedModel:
+    """Post-training int8 quantization of an fp32 model.
+
+    Args:
+        model: any ``nn.Module`` taking one NCHW tensor (put in eval mode here).
+        calibration: batches of preprocessed inputs, prepared exactly as for evaluation.
+        config: quantization options.
+
+    Raises:
+        DataError: no calibration data, or NaN/Inf in it.
+    """
+    model = model.eval()
+    batches = _iterate(calibration)
+    first = next(batches, None)
+    if first is None:
+        raise DataError("calibration data is empty")
+    gm = capture(model, first[:1])
+    with quiet():
+        prepared = prepare_pt2e(gm, EdgefuseQuantizer(config))
+    total = len(calibration) if hasattr(calibration, "__len__") else 0
+    progress.start("calibrate", total)
+    seen = 0
+    try:
+        with torch.no_grad():
+            for x in [first] if first is not None else []:
+                prepared(x)
+                seen += len(x)
+                progress.advance("calibrate")
+            for x in batches:
+                prepared(x)
+                seen += len(x)
+                progress.advance("calibrate")
+    finally:
+        progress.finish("calibrate")
+    return QuantizedModel(_convert(prepared), config, "ptq", first[:1].clone(), seen)
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """Quantization-aware fine-tuning.
+
+    Attributes:
+        epochs: fine-tuning epochs.
+        lr: AdamW learning rate (well below training's: the weights are already good).
+        batch_size: images per step.
+        freeze_bn_epoch: after this many epochs batch-norm statistics stop updating.
+        freeze_observer_epoch: after this many epochs quantization ranges stop updating.
+        distill: weight of the distillation loss against the fp32 model's own predictions (the
+            rest is cross-entropy on the labels); keeps the int8 model agreeing with fp32.
+        seed: shuffling seed.
+    """
+
+    epochs: int = 3
+    lr: float = 5e-5
+    batch_size: int = 64
+    freeze_bn_epoch: int = 0
+    freeze_observer_epoch: int = 2
+    distill: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise UsageError(f"QAT epochs must be >= 1, got {self.epochs}")
+        if not self.lr > 0:
+            raise UsageError(f"QAT learning rate must be > 0, got {self.lr}")
+        if not 0 <= self.distill <= 1:
+            raise UsageError(f"distillation weight must be in [0, 1], got {self.distill}")
+        if self.freeze_bn_epoch < 0 or self.freeze_observer_epoch < 0:
+            raise UsageError("freeze epochs must be >= 0")
+
+
+def _freeze_bn(prepared: torch.fx.GraphModule) -> None:
+    # PT2E graphs have no BatchNorm modules; switch the batch-norm ops to use running statistics.
+    for n in prepared.graph.nodes:
+        if n.target in (torch.ops.aten._native_batch_norm_legit.default, torch.ops.aten.cudnn_batch_norm.default):
+            args = list(n.args)
+            args[5] = False
+            n.args = tuple(args)
+    prepared.recompile()
+
+
+def quantize_qat(
+    model: nn.Module,
+    train_data,
+    config: QuantConfig = QuantConfig(),
+    qat: QATConfig = QATConfig(),
+    *,
+    progress: Progress = NullProgress(),
+) -> QuantizedModel:
+    """Quantization-aware fine-tuning, then conversion to int8.
+
+    Args:
+        model: the trained fp32 model (not modified).
+        train_data: indexable of ``(input, label)`` pairs (the training split).
+        config: quantization options (calibration method is replaced by moving averages).
+        qat: fine-tuning schedule.
+    """
+    import copy
+
+    from torch.nn import functional as F
+
+    model = copy.deepcopy(model).eval()
+    n = len(train_data)
+    if n == 0:
+        raise DataError("QAT needs training data; the training split is empty")
+    xs = torch.stack([train_data[i][0] for i in range(n)])
+    ys = torch.as_tensor([int(train_data[i][1]) for i in range(n)])
+    with torch.no_grad():
+        teacher = torch.cat([model(xs[i : i + 256]) for i in range(0, n, 256)]).softmax(1)
+    model.train()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with quiet():
+        gm = torch.export.export(model, (xs[:2],), dynamic_shapes=({0: batch},)).module()
+        prepared = prepare_qat_pt2e(gm, EdgefuseQuantizer(config, is_qat=True))
+    _ao.move_exported_model_to_train(prepared)
+    opt = torch.optim.AdamW(prepared.parameters(), lr=qat.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(qat.seed)
+    steps = math.ceil(n / qat.batch_size)
+    total = steps * qat.epochs
+    history: list[dict] = []
+    progress.start("qat", total)
+    step = 0
+    try:
+        for epoch in range(qat.epochs):
+            if epoch >= qat.freeze_bn_epoch:
+                _freeze_bn(prepared)
+            if epoch >= qat.freeze_observer_epoch:
+                prepared.apply(_ao.disable_observer)
+            order = torch.randperm(n, generator=gen)
+            loss_sum = 0.0
+            for b in range(steps):
+                idx = order[b * qat.batch_size : (b + 1) * qat.batch_size]
+                for g in opt.param_groups:
+                    g["lr"] = qat.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                logits = prepared(xs[idx])
+                loss = (1 - qat.distill) * F.cross_entropy(logits, ys[idx])
+                if qat.distill:
+                    loss = loss + qat.distill * F.kl_div(logits.log_softmax(1), teacher[idx], reduction="batchmean")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                loss_sum += loss.item() * len(idx)
+                progress.advance("qat", 1, epoch=epoch + 1, loss=loss.item())
+            history.append({"epoch": epoch + 1, "loss": round(loss_sum / n, 5),
+                            "bn_frozen": epoch >= qat.freeze_bn_epoch,
+                            "observers_frozen": epoch >= qat.freeze_observer_epoch})
+    finally:
+        progress.finish("qat")
+    _ao.move_exported_model_to_eval(prepared)
+    return QuantizedModel(_convert(prepared), config, "qat", xs[:1].clone(), n, history)

@@ -1,0 +1,209 @@
+"""A torchao PT2E quantizer for onnxruntime's CPU int8 kernels, aware of attention gates.
+
+It annotates the aten graph that ``torch.export`` produces:
+
+* conv / linear: uint8 activations in, int8 weights (per channel, symmetric), int32 bias with
+  scale = input scale x weight scale (so onnxruntime can fuse QLinearConv), quantized output
+  unless a ReLU follows (then the ReLU's output is quantized and the ReLU folds into the range);
+* gates (sigmoid, hard-sigmoid): output pinned to scale 1/256, zero point 0 -- the [0, 1] range
+  a gate always has -- instead of a calibrated range that may miss the ends;
+* add, sub, mul (the SE/CBAM scaling and the EfficientAttention merge), mean pooling, hard-swish:
+  quantized inputs and output;
+* cat, max-pool, amax, nearest upsampling, reshapes: output shares the input's parameters, so no
+  requantization happens around them.
+
+Everything else (group norm, softmax / attention matmuls) stays fp32 between DequantizeLinear and
+QuantizeLinear, and so does any module whose path matches ``QuantConfig.exclude``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch.fx import Node
+
+from edgefuse._quiet import import_pt2e
+from edgefuse.quantize.config import QuantConfig
+
+import_pt2e()
+from torchao.quantization.pt2e import (  # noqa: E402
+    FusedMovingAvgObsFakeQuantize,
+    HistogramObserver,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    PerChannelMinMaxObserver,
+)
+from torchao.quantization.pt2e.quantizer import (  # noqa: E402
+    DerivedQuantizationSpec,
+    FixedQParamsQuantizationSpec,
+    QuantizationAnnotation,
+    QuantizationSpec,
+    Quantizer,
+    SharedQuantizationSpec,
+)
+
+aten = torch.ops.aten
+_EPS = 2**-12
+
+CONV_LINEAR = {aten.conv2d.default, aten.linear.default}
+RELU = {aten.relu.default, aten.relu_.default}
+GATES = {aten.sigmoid.default, aten.hardsigmoid.default}
+BINARY = {aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor}
+# Ops whose output is quantized with their own observer.
+OWN_OUTPUT = {aten.mean.dim, aten.hardswish.default, aten.adaptive_avg_pool2d.default}
+# Ops that only move or select values: output shares the (first) input's quantization parameters.
+SHARED = {
+    aten.cat.default, aten.amax.default, aten.max_pool2d.default, aten.upsample_nearest2d.vec,
+    aten.upsample_nearest2d.default, aten.flatten.using_ints, aten.view.default, aten.reshape.default,
+    aten.hardtanh.default, aten.relu.default,
+}
+
+
+def module_path(node: Node) -> str:
+    """The innermost ``nn.Module`` path a graph node came from (``stages.2.0.fusion.gate``)."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return ""
+    path = list(stack.values())[-1][0]
+    return re.sub(r"^L\['self'\]\.?", "", path).replace("._modules['", ".").replace("']", "")
+
+
+class EdgefuseQuantizer(Quantizer):
+    """Annotates a ``torch.export`` graph for int8 per :class:`QuantConfig` (PTQ or, with ``is_qat``, QAT)."""
+
+    def __init__(self, config: QuantConfig = QuantConfig(), is_qat: bool = False) -> None:
+        super().__init__()
+        self.config = config
+        self.is_qat = is_qat
+        self._exclude = [re.compile(p) for p in config.exclude]
+        c = config
+        if c.activation_dtype == "uint8":
+            dtype, qmin, qmax = torch.uint8, 0, 127 if c.reduce_range else 255
+            qscheme = torch.per_tensor_affine
+        else:
+            dtype, qmin, qmax = torch.int8, -64 if c.reduce_range else -128, 63 if c.reduce_range else 127
+            qscheme = torch.per_tensor_affine
+        if is_qat:
+            act_ctr = FusedMovingAvgObsFakeQuantize.with_args(observer=MovingAverageMinMaxObserver, eps=_EPS)
+        else:
+            act_ctr = {
+                "minmax": MinMaxObserver,
+                "moving_average": MovingAverageMinMaxObserver,
+                "histogram": HistogramObserver,
+            }[c.calibration].with_args(eps=_EPS)
+        self.act = QuantizationSpec(dtype=dtype, quant_min=qmin, quant_max=qmax, qscheme=qscheme,
+                                    is_dynamic=False, observer_or_fake_quant_ctr=act_ctr)
+        if c.per_channel:
+            w_obs = MovingAveragePerChannelMinMaxObserver if is_qat else PerChannelMinMaxObserver
+            w_ctr = (FusedMovingAvgObsFakeQuantize.with_args(observer=w_obs, eps=_EPS) if is_qat
+                     else w_obs.with_args(eps=_EPS))
+            self.weight = QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127,
+                                           qscheme=torch.per_channel_symmetric, ch_axis=0, is_dynamic=False,
+                                           observer_or_fake_quant_ctr=w_ctr)
+        else:
+            w_ctr = (FusedMovingAvgObsFakeQuantize.with_args(observer=MovingAverageMinMaxObserver, eps=_EPS,
+                                                             qscheme=torch.per_tensor_symmetric)
+                     if is_qat else MinMaxObserver.with_args(eps=_EPS, qscheme=torch.per_tensor_symmetric))
+            self.weight = QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127,
+                                           qscheme=torch.per_tensor_symmetric, is_dynamic=False,
+                                           observer_or_fake_quant_ctr=w_ctr)
+        # Gates live in [0, 1]: 256 levels of 1/256 (uint8) or zero point -128 (int8).
+        self.gate = FixedQParamsQuantizationSpec(
+            dtype=dtype, scale=1.0 / 256.0, zero_point=0 if dtype == torch.uint8 else -128,
+            quant_min=0 if dtype == torch.uint8 else -128, quant_max=255 if dtype == torch.uint8 else 127,
+            qscheme=torch.per_tensor_affine,
+        )
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _excluded(self, node: Node) -> bool:
+        path = module_path(node)
+        return bool(self._exclude) and any(p.search(path) for p in self._exclude)
+
+    def _in_spec(self, arg: Node):
+        """Reuse the producer's output spec so no requantization sits on the edge."""
+        ann = arg.meta.get("quantization_annotation")
+        if ann is not None and ann.output_qspec is not None:
+            return SharedQuantizationSpec(arg)
+        return self.act
+
+    def _bias_spec(self, node: Node, act_arg: Node, weight: Node) -> DerivedQuantizationSpec:
+        per_channel = self.config.per_channel
+
+        def derive(obs):
+            act_scale, _ = obs[0].calculate_qparams()
+            w_scale, _ = obs[1].calculate_qparams()
+            scale = (act_scale * w_scale).to(torch.float32)
+            return scale, torch.zeros_like(scale, dtype=torch.int32)
+
+        return DerivedQuantizationSpec(
+            derived_from=[(act_arg, node), (weight, node)], derive_qparams_fn=derive, dtype=torch.int32,
+            quant_min=-(2**31) + 1, quant_max=2**31 - 1,
+            qscheme=torch.per_channel_symmetric if per_channel else torch.per_tensor_symmetric,
+            ch_axis=0 if per_channel else None,
+        )
+
+    @staticmethod
+    def _mark(node: Node, inputs: dict, output) -> None:
+        node.meta["quantization_annotation"] = QuantizationAnnotation(
+            input_qspec_map=inputs, output_qspec=output, _annotated=True
+        )
+
+    # -- Quantizer API ---------------------------------------------------------------------
+    def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        for node in model.graph.nodes:
+            if node.op != "call_function" or "quantization_annotation" in node.meta:
+                continue
+            if self._excluded(node):
+                continue
+            t = node.target
+            if t in CONV_LINEAR:
+                self._annotate_conv(node)
+            elif t in GATES:
+                a = node.args[0]
+                self._mark(node, {a: self._in_spec(a)} if isinstance(a, Node) else {},
+                           self.gate if self.config.fixed_gate_qparams else self.act)
+            elif t in BINARY:
+                ins = {a: self._in_spec(a) for a in node.args[:2] if isinstance(a, Node)}
+                if ins:
+                    self._mark(node, ins, self.act)
+            elif t in OWN_OUTPUT:
+                a = node.args[0]
+                if isinstance(a, Node):
+                    self._mark(node, {a: self._in_spec(a)}, self.act)
+            elif t in SHARED:
+                self._annotate_shared(node)
+        return model
+
+    def _annotate_conv(self, node: Node) -> None:
+        act_arg, weight = node.args[0], node.args[1]
+        bias = node.args[2] if len(node.args) > 2 else None
+        inputs = {act_arg: self._in_spec(act_arg), weight: self.weight}
+        if isinstance(bias, Node):
+            inputs[bias] = self._bias_spec(node, act_arg, weight)
+        users = list(node.users)
+        fused_relu = (
+            len(users) == 1 and users[0].target in RELU and not self._excluded(users[0])
+        )
+        self._mark(node, inputs, None if fused_relu else self.act)
+        if fused_relu:
+            self._mark(users[0], {}, self.act)
+
+    def _annotate_shared(self, node: Node) -> None:
+        args = node.args[0] if node.target is aten.cat.default else [node.args[0]]
+        args = [a for a in args if isinstance(a, Node)]
+        if not args:
+            return
+        if node.target in RELU:  # a ReLU not fused into a conv
+            self._mark(node, {args[0]: self._in_spec(args[0])}, self.act)
+            return
+        first = args[0]
+        inputs = {first: self._in_spec(first)}
+        share = SharedQuantizationSpec((first, node))
+        for a in args[1:]:
+            inputs[a] = share
+        self._mark(node, inputs, share)
+
+    def validate(self, model: torch.fx.GraphModule) -> None:
+        pass

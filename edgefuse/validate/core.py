@@ -1,0 +1,129 @@
+"""``validate``: fp32 vs int8 model files in onnxruntime on labelled data, and the gate."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from edgefuse._versions import versions
+from edgefuse.errors import DataError
+from edgefuse.progress import NullProgress, Progress
+from edgefuse.validate.latency import interleaved_latency
+from edgefuse.validate.metrics import agreement, sqnr_db, topk_accuracy
+from edgefuse.validate.report import Budgets, ModelResult, ValidationReport, drop_of, gate_failures
+from edgefuse.validate.runtime import OrtModel
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _stream_logits(models: list[OrtModel], dataset, batch_size: int = 64):
+    """Run every model over the dataset in batches (memory bounded by one batch of inputs)."""
+    outs = [[] for _ in models]
+    labels = []
+    n = len(dataset)
+    for start in range(0, n, batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, n))]
+        x = np.stack([np.asarray(it[0], dtype=np.float32) for it in items])
+        labels.extend(int(it[1]) for it in items)
+        for o, m in zip(outs, models):
+            o.append(m.run(x))
+    return [np.concatenate(o) for o in outs], np.asarray(labels)
+
+
+def validate_models(
+    fp32_path: str | Path,
+    int8_path: str | Path,
+    dataset=None,
+    *,
+    data_info: dict | None = None,
+    num_classes: int | None = None,
+    threads: int = 1,
+    runs: int = 100,
+    warmup: int = 10,
+    budgets: Budgets = Budgets(),
+    latency_input: np.ndarray | None = None,
+    progress: Progress = NullProgress(),
+) -> ValidationReport:
+    """Compare an fp32 and an int8 model file in onnxruntime on the CPU.
+
+    Args:
+        fp32_path, int8_path: ``.onnx`` (or ``.ort``) files.
+        dataset: indexable of ``(input CHW float32, label)``, preprocessed by the models' contract;
+            ``None`` skips accuracy (latency and size only).
+        data_info: description of the data for the report (source, split).
+        threads: onnxruntime intra-op threads.
+        runs, warmup: latency runs per model (>= 50 recommended) after warm-up calls.
+        budgets: what the gate enforces.
+        latency_input: one batch-1 input for timing (default: the first dataset item).
+
+    Returns:
+        The report; ``report.passed`` is the gate's verdict. Nothing is raised for a failed gate.
+    """
+    if runs < 1 or warmup < 0:
+        raise DataError("latency runs must be >= 1 and warm-up >= 0")
+    fp32, int8 = OrtModel(fp32_path, threads), OrtModel(int8_path, threads)
+    top1 = {"fp32": None, "int8": None}
+    top5 = {"fp32": None, "int8": None}
+    agree = sq = drop = None
+    samples = 0
+    if dataset is not None:
+        if len(dataset) == 0:
+            raise DataError("the evaluation split is empty")
+        (lf, lq), labels = _stream_logits([fp32, int8], dataset)
+        samples = len(labels)
+        n_classes = lf.shape[1]
+        if labels.max() >= n_classes:
+            raise DataError(f"labels go up to {labels.max()} but the model has {n_classes} outputs")
+        for name, logits in (("fp32", lf), ("int8", lq)):
+            top1[name] = topk_accuracy(logits, labels, 1)
+            top5[name] = topk_accuracy(logits, labels, 5) if n_classes > 5 else None
+        agree, sq = agreement(lf, lq), sqnr_db(lf, lq)
+        drop = drop_of(top1["fp32"], top1["int8"], budgets.drop_type)
+    if latency_input is None:
+        if dataset is None:
+            shape = [d if isinstance(d, int) else 1 for d in fp32.input_shape]
+            latency_input = np.zeros(shape, np.float32)
+        else:
+            latency_input = np.asarray(dataset[0][0], np.float32)[None]
+    x1 = np.ascontiguousarray(latency_input, dtype=np.float32)
+    lat = interleaved_latency({"fp32": lambda: fp32.run(x1), "int8": lambda: int8.run(x1)},
+                              runs=runs, warmup=warmup, progress=progress)
+    ratio = lat["int8"]["median_ms"] / lat["fp32"]["median_ms"]
+    size_f, size_q = Path(fp32_path).stat().st_size, Path(int8_path).stat().st_size
+    v = versions()
+    return ValidationReport(
+        data={**(data_info or {}), "samples": samples},
+        runtime={"onnxruntime": v.get("onnxruntime"), "threads": threads, "batch": 1, "cpu": cpu_name(),
+                 "runs": runs, "warmup": warmup},
+        fp32=ModelResult(str(fp32_path), "fp32", size_f, top1["fp32"], top5["fp32"], lat["fp32"]),
+        int8=ModelResult(str(int8_path), "int8", size_q, top1["int8"], top5["int8"], lat["int8"]),
+        agreement=agree, sqnr_db=sq, size_ratio=size_q / size_f, latency_ratio=ratio, accuracy_drop=drop,
+        budgets=budgets, failures=gate_failures(budgets, drop, ratio), versions=v,
+    )
+
+
+def write_report(report: ValidationReport, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.json`` and ``report.md`` into ``out_dir`` (atomically)."""
+    import json
+    import os
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in (("report.json", json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n"),
+                       ("report.md", report.to_markdown())):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+        paths.append(out / name)
+    return paths[0], paths[1]

@@ -1,0 +1,156 @@
+"""The validation report (``report.json``, schema ``edgefuse.report`` v1), its Markdown form, and the gate."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from edgefuse.errors import UsageError
+
+REPORT_SCHEMA = "edgefuse.report"
+REPORT_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """What the gate enforces.
+
+    Attributes:
+        max_drop: largest allowed top-1 drop of int8 below fp32, in percentage points (``absolute``:
+            fp32 98.0% -> int8 97.6% is 0.4) or percent of the fp32 accuracy (``relative``:
+            0.4 / 98.0 = 0.41%); ``None`` = not gated.
+        drop_type: ``absolute`` or ``relative``.
+        max_latency_ratio: largest allowed int8 median latency / fp32 median latency (1.0 = int8 must
+            not be slower); ``None`` = not gated.
+    """
+
+    max_drop: float | None = None
+    drop_type: str = "absolute"
+    max_latency_ratio: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_drop is not None and (not math.isfinite(self.max_drop) or self.max_drop < 0):
+            raise UsageError(f"--max-drop must be a number >= 0 (percentage points), got {self.max_drop}")
+        if self.drop_type not in ("absolute", "relative"):
+            raise UsageError(f"--drop-type must be absolute or relative, got {self.drop_type!r}")
+        if self.max_latency_ratio is not None and (not math.isfinite(self.max_latency_ratio) or self.max_latency_ratio <= 0):
+            raise UsageError(f"--max-latency-ratio must be > 0, got {self.max_latency_ratio}")
+
+
+@dataclass
+class ModelResult:
+    file: str
+    precision: str
+    bytes: int
+    top1: float | None
+    top5: float | None
+    latency: dict
+
+
+@dataclass
+class ValidationReport:
+    """fp32 vs int8 in onnxruntime on one evaluation split, and the gate's verdict."""
+
+    data: dict
+    runtime: dict
+    fp32: ModelResult
+    int8: ModelResult
+    agreement: float | None
+    sqnr_db: float | None
+    size_ratio: float
+    latency_ratio: float
+    accuracy_drop: float | None
+    budgets: Budgets
+    failures: list[str] = field(default_factory=list)
+    versions: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def speedup(self) -> float:
+        return 1.0 / self.latency_ratio if self.latency_ratio else float("nan")
+
+    def to_dict(self) -> dict:
+        d = {
+            "schema": REPORT_SCHEMA,
+            "schema_version": REPORT_SCHEMA_VERSION,
+            "data": self.data,
+            "runtime": self.runtime,
+            "models": {"fp32": asdict(self.fp32), "int8": asdict(self.int8)},
+            "comparison": {
+                "top1_agreement": self.agreement,
+                "output_sqnr_db": None if self.sqnr_db is None or math.isinf(self.sqnr_db) else round(self.sqnr_db, 3),
+                "size_ratio": round(self.size_ratio, 4),
+                "latency_ratio": round(self.latency_ratio, 4),
+                "speedup": round(self.speedup, 4),
+                "accuracy_drop": None if self.accuracy_drop is None else round(self.accuracy_drop, 4),
+            },
+            "gate": {**asdict(self.budgets), "passed": self.passed, "failures": self.failures},
+            "versions": self.versions,
+        }
+        d.update(self.extra)
+        return d
+
+    def to_markdown(self) -> str:
+        def pct(v):
+            return "—" if v is None else f"{100 * v:.2f}%"
+
+        f, i = self.fp32, self.int8
+        unit = "pp" if self.budgets.drop_type == "absolute" else "% rel."
+        lines = [
+            "# edgefuse validation report",
+            "",
+            f"Data: {self.data.get('source')} ({self.data.get('split')} split, {self.data.get('samples')} images). "
+            f"Runtime: onnxruntime {self.runtime.get('onnxruntime')} CPU, {self.runtime.get('threads')} thread(s), "
+            f"batch 1, {f.latency.get('runs')} interleaved runs. CPU: {self.runtime.get('cpu')}.",
+            "",
+            "| | fp32 | int8 |",
+            "|---|---|---|",
+            f"| file | `{f.file}` | `{i.file}` |",
+            f"| top-1 | {pct(f.top1)} | {pct(i.top1)} |",
+        ]
+        if f.top5 is not None:
+            lines.append(f"| top-5 | {pct(f.top5)} | {pct(i.top5)} |")
+        lines += [
+            f"| size | {f.bytes / 1024:.1f} KiB | {i.bytes / 1024:.1f} KiB ({self.size_ratio:.2f}×) |",
+            f"| latency median | {f.latency['median_ms']:.3f} ms | {i.latency['median_ms']:.3f} ms |",
+            f"| latency p90 | {f.latency['p90_ms']:.3f} ms | {i.latency['p90_ms']:.3f} ms |",
+            "",
+            f"- int8 / fp32 latency: **{self.latency_ratio:.3f}** (int8 is "
+            + (f"{self.speedup:.2f}× faster)" if self.latency_ratio < 1 else f"{1 / self.speedup:.2f}× slower)"),
+            f"- top-1 agreement: {pct(self.agreement)}; output SQNR: "
+            + ("—" if self.sqnr_db is None else f"{self.sqnr_db:.1f} dB"),
+            f"- accuracy drop: " + ("—" if self.accuracy_drop is None else f"{self.accuracy_drop:.2f} {unit}"),
+            "",
+            f"## Gate: {'PASSED' if self.passed else 'FAILED'}",
+            "",
+            f"- max drop: {self.budgets.max_drop if self.budgets.max_drop is not None else 'not gated'}"
+            + (f" {unit}" if self.budgets.max_drop is not None else ""),
+            f"- max latency ratio: {self.budgets.max_latency_ratio if self.budgets.max_latency_ratio is not None else 'not gated'}",
+        ]
+        lines += [f"- **{msg}**" for msg in self.failures]
+        for k, v in self.extra.items():
+            if k == "notes" and v:
+                lines += ["", "## Notes", ""] + [f"- {n}" for n in v]
+        return "\n".join(lines) + "\n"
+
+
+def drop_of(fp32_top1: float, int8_top1: float, drop_type: str) -> float:
+    """Accuracy drop in percentage points (absolute) or percent of fp32 (relative); negative = int8 better."""
+    pp = 100.0 * (fp32_top1 - int8_top1)
+    return pp if drop_type == "absolute" else (100.0 * pp / (100.0 * fp32_top1) if fp32_top1 > 0 else 0.0)
+
+
+def gate_failures(budgets: Budgets, accuracy_drop: float | None, latency_ratio: float) -> list[str]:
+    fails = []
+    if budgets.max_drop is not None and accuracy_drop is not None and accuracy_drop > budgets.max_drop + 1e-9:
+        unit = "pp" if budgets.drop_type == "absolute" else "% (relative)"
+        fails.append(f"accuracy drop {accuracy_drop:.2f} {unit} exceeds --max-drop {budgets.max_drop:g} "
+                     f"by {accuracy_drop - budgets.max_drop:.2f}")
+    if budgets.max_latency_ratio is not None and latency_ratio > budgets.max_latency_ratio:
+        fails.append(f"int8/fp32 latency ratio {latency_ratio:.3f} exceeds --max-latency-ratio "
+                     f"{budgets.max_latency_ratio:g} by {latency_ratio - budgets.max_latency_ratio:.3f}")
+    return fails

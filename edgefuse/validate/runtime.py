@@ -1,0 +1,72 @@
+"""onnxruntime on the CPU: load a model file and run batches through it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgefuse.errors import InputFileError
+
+MAX_MODEL_BYTES = 2 << 30
+
+
+class OrtModel:
+    """An onnxruntime CPU session over an ``.onnx`` or ``.ort`` file.
+
+    Args:
+        path: model file.
+        threads: intra-op threads (1 = what one phone core sees).
+        optimized_path: where onnxruntime writes its optimised graph (for diagnostics).
+        profile: collect a per-op time profile.
+    """
+
+    def __init__(self, path: str | Path, threads: int = 1, *, optimized_path: str | None = None, profile: bool = False) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise InputFileError(f"model file not found: {path}")
+        size = path.stat().st_size
+        if size == 0:
+            raise InputFileError(f"model file {path} is empty (0 bytes)")
+        if size > MAX_MODEL_BYTES:
+            raise InputFileError(f"model file {path} is {size >> 20} MiB; the limit is {MAX_MODEL_BYTES >> 20} MiB")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimized_path:
+            so.optimized_model_filepath = optimized_path
+        so.enable_profiling = profile
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise InputFileError(f"onnxruntime cannot load {path}: {first}") from None
+        self.path = path
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_shape = inp.shape
+        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Logits for a batch; split or padded to the model's fixed batch size when it has one."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.fixed_batch is None:
+            return self.session.run(None, {self.input_name: x})[0]
+        b, outs = self.fixed_batch, []
+        for i in range(0, len(x), b):
+            chunk = x[i : i + b]
+            n = len(chunk)
+            if n < b:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - n, axis=0)])
+            outs.append(self.session.run(None, {self.input_name: chunk})[0][:n])
+        return np.concatenate(outs)
+
+    def end_profiling(self) -> str:
+        return self.session.end_profiling()
