@@ -42,3 +42,42 @@ def tiny_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "model.pt"
     train_model(model="resnet", fusion="effatt", data="digits", out=out, epochs=2, width=0.5)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory):
+    """The demo's resnet/effatt (default width), trained on digits for 8 epochs: accuracy-budget tests."""
+    from edgefuse.api import train_model
+
+    out = tmp_path_factory.mktemp("trained") / "model.pt"
+    res = train_model(model="resnet", fusion="effatt", data="digits", out=out, epochs=8)
+    assert res["test_top1"] > 0.95, res
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported(trained_checkpoint, tmp_path_factory):
+    """`export --int8` of the trained checkpoint through the library API (PTQ, ONNX + TorchScript)."""
+    from edgefuse.api import export_model
+    from edgefuse.validate import Budgets
+
+    out = tmp_path_factory.mktemp("build")
+    res = export_model(trained_checkpoint, out, int8=True, calib="digits", runs=30,
+                       budgets=Budgets(max_drop=None, max_latency_ratio=None))
+    return res
+
+
+def damage_int8_onnx(src, dst, seed=0):
+    """Write a copy of an int8 ONNX whose int8 weights are replaced by noise (a broken quantization)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(src))
+    rng = np.random.default_rng(seed)
+    for t in m.graph.initializer:
+        if t.data_type == onnx.TensorProto.INT8:
+            a = numpy_helper.to_array(t)
+            t.CopyFrom(numpy_helper.from_array(rng.integers(-127, 128, a.shape).astype(np.int8), t.name))
+    onnx.save(m, str(dst))
+    return dst

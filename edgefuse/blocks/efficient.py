@@ -12,13 +12,15 @@ from edgefuse.blocks.registry import register_fusion
 
 @register_fusion("effatt")
 class EfficientAttention(nn.Module):
-    """``a = gate(MLP(GAP(x + y)))``, ``out = 2 * (x*a + y*(1 - a))``, computed as ``2*(y + a*(x - y))``.
+    """``a = gate(MLP(GAP(x + y)))``, ``out = gain * (x*a + y*(1 - a))``.
 
     The MLP is conv1x1 -> norm -> ReLU -> conv1x1. The seed's ``LayerNorm([C/r, 1, 1])`` is
     ``GroupNorm(1, C/r)`` here (the same normalisation, independent of spatial size); ``norm="none"``
-    drops it. ``y + a*(x - y)`` needs one multiply instead of two and maps onto int8 Mul/Add kernels.
-    The factor 2 makes a fresh block (a = 0.5) exactly ``x + y``, so it replaces an Add without
-    halving the signal in every residual merge; ``gain=1`` gives the seed's convex blend.
+    drops it. The weights ``gain*a`` and ``gain*(1 - a)`` are formed on the tiny (B, C, 1, 1) gate
+    tensor, so the full-size maps see only two multiplies and one add -- ops with int8 kernels in
+    onnxruntime (``y + a*(x - y)`` would put a full-size Sub, which has none, between them).
+    The default ``gain=2`` makes a fresh block (a = 0.5) exactly ``x + y``, so it replaces an Add
+    without halving the signal in every residual merge; ``gain=1`` gives the seed's convex blend.
 
     Args:
         channels: channels of ``x`` and ``y``.
@@ -49,5 +51,6 @@ class EfficientAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         a = self.gate(self.fc2(self.act(self.norm(self.fc1(global_avg_pool(x + y))))))
-        out = y + a * (x - y)
-        return out * self.gain if self.gain != 1.0 else out
+        wx = a * self.gain if self.gain != 1.0 else a
+        wy = self.gain - wx
+        return x * wx + y * wy

@@ -22,7 +22,12 @@ from edgefuse._versions import sha256_file, versions
 from edgefuse.data.contract import PreprocessContract
 from edgefuse.errors import ExportError, UsageError
 from edgefuse.export.onnx import DEFAULT_OPSET, export_onnx
-from edgefuse.export.onnx_checks import set_metadata, strip_debug_metadata, weight_summary
+from edgefuse.export.onnx_checks import (
+    reduce_mean_to_global_pool,
+    set_metadata,
+    strip_debug_metadata,
+    weight_summary,
+)
 
 FORMATS = ("onnx", "torchscript")
 MANIFEST = "manifest.json"
@@ -97,6 +102,7 @@ def _finish_onnx(path: Path, contract: PreprocessContract, precision: str, simpl
                 details["onnxsim"] = "skipped: simplified model failed its check"
         except Exception as e:  # onnxsim is an optimisation; never fail an export on it
             details["onnxsim"] = f"skipped: {type(e).__name__}"
+    details["global_pools"] = reduce_mean_to_global_pool(model)
     set_metadata(model, {
         "edgefuse.contract": contract.to_json(),
         "edgefuse.precision": precision,

@@ -55,7 +55,8 @@ def strip_debug_metadata(model: onnx.ModelProto) -> None:
             if p.key == "pkg.torch.onnx.name_scopes":
                 try:
                     scopes = json.loads(p.value.replace("'", '"'))
-                    module = ".".join(s for s in scopes[1:-1] if s)
+                    # cumulative paths: ['', 'stages', 'stages.0', ..., 'stages.0.0.fusion', 'add_40']
+                    module = scopes[-2] if len(scopes) >= 2 else ""
                 except ValueError:
                     module = ""
         del n.metadata_props[:]
@@ -65,6 +66,8 @@ def strip_debug_metadata(model: onnx.ModelProto) -> None:
     for f in model.functions:
         for n in f.node:
             del n.metadata_props[:]
+    # Intermediate shapes are re-inferred by every runtime; storing them only adds bytes.
+    del model.graph.value_info[:]
     model.doc_string = ""
 
 
@@ -79,3 +82,51 @@ def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
 
 def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
+
+
+def reduce_mean_to_global_pool(model: onnx.ModelProto) -> int:
+    """Rewrite ``ReduceMean`` over the spatial axes of NCHW maps as ``GlobalAveragePool``.
+
+    The dynamo exporter lowers ``x.mean((2, 3))`` and ``adaptive_avg_pool2d(x, 1)`` to ReduceMean,
+    which onnxruntime has no int8 kernel for (each one costs a DequantizeLinear/QuantizeLinear pair
+    of the full map in an int8 model); GlobalAveragePool fuses into QLinearGlobalAveragePool.
+    ``keepdims=0`` becomes GlobalAveragePool + Flatten. Returns the number of nodes rewritten.
+    """
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    consts = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
+    ranks = {}
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    for vi in list(inferred.value_info) + list(inferred.input) + list(inferred.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
+    new_nodes, count = [], 0
+    for n in model.graph.node:
+        if n.op_type != "ReduceMean":
+            new_nodes.append(n)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        axes = attrs.get("axes")
+        if axes is None and len(n.input) > 1 and n.input[1]:
+            src = inits.get(n.input[1])
+            if src is None and n.input[1] in consts:
+                src = consts[n.input[1]].attribute[0].t
+            axes = None if src is None else [int(v) for v in numpy_helper.to_array(src).reshape(-1)]
+        rank = ranks.get(n.input[0])
+        if rank != 4 or axes is None or sorted(a % 4 for a in axes) != [2, 3]:
+            new_nodes.append(n)
+            continue
+        keep = attrs.get("keepdims", 1)
+        if keep:
+            new_nodes.append(helper.make_node("GlobalAveragePool", [n.input[0]], [n.output[0]], name=n.name))
+        else:
+            mid = n.output[0] + "_gap"
+            new_nodes.append(helper.make_node("GlobalAveragePool", [n.input[0]], [mid], name=n.name))
+            new_nodes.append(helper.make_node("Flatten", [mid], [n.output[0]], name=n.name + "_flatten", axis=1))
+        for p in n.metadata_props:
+            new_nodes[-1].metadata_props.add(key=p.key, value=p.value)
+        count += 1
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    return count

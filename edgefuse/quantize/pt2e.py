@@ -166,7 +166,7 @@ class QATConfig:
         lr: AdamW learning rate (well below training's: the weights are already good).
         batch_size: images per step.
         freeze_bn_epoch: after this many epochs batch-norm statistics stop updating.
-        freeze_observer_epoch: after this many epochs quantization ranges stop updating.
+        freeze_observer_epoch: after this many epochs (>= 1) quantization ranges stop updating.
         distill: weight of the distillation loss against the fp32 model's own predictions (the
             rest is cross-entropy on the labels); keeps the int8 model agreeing with fp32.
         seed: shuffling seed.
@@ -187,8 +187,10 @@ class QATConfig:
             raise UsageError(f"QAT learning rate must be > 0, got {self.lr}")
         if not 0 <= self.distill <= 1:
             raise UsageError(f"distillation weight must be in [0, 1], got {self.distill}")
-        if self.freeze_bn_epoch < 0 or self.freeze_observer_epoch < 0:
-            raise UsageError("freeze epochs must be >= 0")
+        if self.freeze_bn_epoch < 0:
+            raise UsageError("the batch-norm freeze epoch must be >= 0")
+        if self.freeze_observer_epoch < 1:
+            raise UsageError("observers need at least one epoch to see data: freeze_observer_epoch must be >= 1")
 
 
 def _freeze_bn(prepared: torch.fx.GraphModule) -> None:

@@ -50,7 +50,7 @@ _EPS = 2**-12
 CONV_LINEAR = {aten.conv2d.default, aten.linear.default}
 RELU = {aten.relu.default, aten.relu_.default}
 GATES = {aten.sigmoid.default, aten.hardsigmoid.default}
-BINARY = {aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor}
+BINARY = {aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.rsub.Scalar}
 # Ops whose output is quantized with their own observer.
 OWN_OUTPUT = {aten.mean.dim, aten.hardswish.default, aten.adaptive_avg_pool2d.default}
 # Ops that only move or select values: output shares the (first) input's quantization parameters.

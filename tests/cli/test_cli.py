@@ -75,3 +75,46 @@ def test_debug_env_shows_traceback(tmp_path):
 
     r = run("inspect", str(tmp_path / "missing.pt"), env={**os.environ, "EDGEFUSE_DEBUG": "1"})
     assert r.returncode == 2 and "Traceback" in r.stderr
+
+
+def test_export_int8_then_validate_cli(trained_checkpoint, tmp_path):
+    out = tmp_path / "build"
+    r = run("export", str(trained_checkpoint), "--int8", "--out", str(out), "--format", "onnx", "--runs", "20",
+            "--max-drop", "0.5", "--max-latency-ratio", "50", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert {p.name for p in out.iterdir()} >= {"model.fp32.onnx", "model.int8.onnx", "manifest.json", "report.json", "report.md"}
+    r = run("validate", "--fp32", str(out / "model.fp32.onnx"), "--int8", str(out / "model.int8.onnx"),
+            "--data", "digits", "--runs", "10", "--max-drop", "0.5", "--max-latency-ratio", "50", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["gate"]["passed"] is True
+    # an impossible latency budget fails the gate with exit 1 and one line naming the budget
+    r = run("validate", "--fp32", str(out / "model.fp32.onnx"), "--int8", str(out / "model.int8.onnx"),
+            "--runs", "10", "--max-latency-ratio", "0.001", "--quiet")
+    assert r.returncode == 1 and "max-latency-ratio" in r.stderr
+    # exporting again into the same folder is refused
+    r = run("export", str(trained_checkpoint), "--out", str(out), "--format", "onnx", "--quiet")
+    assert r.returncode == 2 and "--force" in r.stderr
+
+
+def test_validate_damaged_int8_exits_1(exported, tmp_path):
+    from tests.conftest import damage_int8_onnx
+
+    res = exported["export"]
+    bad = damage_int8_onnx(res.path("onnx", "int8"), tmp_path / "bad.onnx")
+    r = run("validate", "--fp32", str(res.path("onnx", "fp32")), "--int8", str(bad), "--data", "digits",
+            "--runs", "5", "--max-drop", "0.5", "--max-latency-ratio", "100", "--out", str(tmp_path / "rep"))
+    assert r.returncode == 1, r.stderr
+    assert "accuracy drop" in r.stderr and "max-drop" in r.stderr
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["gate"]["passed"] is False
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--max-drop", "-1"], "max-drop"),
+    (["--max-latency-ratio", "0"], "max-latency-ratio"),
+    (["--format", "tflite"], "unknown format"),
+    (["--calibration", "entropy"], "calibration"),
+])
+def test_export_bad_options(tiny_checkpoint, tmp_path, args, needle):
+    r = run("export", str(tiny_checkpoint), "--int8", "--out", str(tmp_path / "o"), *args)
+    _one_line_error(r, needle)
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())

@@ -1,0 +1,137 @@
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from edgefuse._versions import sha256_file
+from edgefuse.checkpoint import load_checkpoint
+from edgefuse.data import ImageDataset, PreprocessContract, load_data
+from edgefuse.errors import ExportError, UsageError
+from edgefuse.export import export_artifacts, parse_formats, read_metadata, weight_summary
+from edgefuse.export.onnx_checks import reduce_mean_to_global_pool
+from edgefuse.validate import OrtModel
+from edgefuse.validate.metrics import agreement
+
+
+def test_artifacts_and_manifest(exported):
+    res = exported["export"]
+    files = {a.file for a in res.artifacts}
+    assert {"model.fp32.onnx", "model.int8.onnx", "model.fp32.torchscript.pt"} <= files
+    manifest = json.loads((res.out_dir / "manifest.json").read_text())
+    assert manifest["quantization"]["config"]["per_channel"] is True
+    assert {"torch", "torchao", "onnx", "onnxruntime"} <= set(manifest["versions"])
+    for a in manifest["artifacts"]:
+        p = res.out_dir / a["file"]
+        assert p.stat().st_size == a["bytes"] and sha256_file(p) == a["sha256"]
+    assert not list(res.out_dir.glob(".edgefuse-export-*"))
+
+
+def test_int8_onnx_holds_int8_weights_and_is_small(exported):
+    res = exported["export"]
+    f32, q8 = res.path("onnx", "fp32"), res.path("onnx", "int8")
+    s = weight_summary(onnx.load(str(q8)))
+    assert s["int8_weights"] > 0 and s["float_weights"] == 0
+    assert weight_summary(onnx.load(str(f32)))["int8_weights"] == 0
+    assert q8.stat().st_size <= 0.3 * f32.stat().st_size
+
+
+def test_onnx_metadata_carries_contract(exported, trained_checkpoint):
+    meta = read_metadata(onnx.load(str(exported["export"].path("onnx", "int8"))))
+    contract = PreprocessContract.from_dict(json.loads(meta["edgefuse.contract"]))
+    assert contract == load_checkpoint(trained_checkpoint).contract
+    assert json.loads(meta["class_names"]) == [str(i) for i in range(10)]
+
+
+def test_no_local_paths_leak_into_onnx(exported):
+    data = exported["export"].path("onnx", "int8").read_bytes()
+    assert b"site-packages" not in data and b"stack_trace" not in data
+
+
+def test_pytorch_int8_and_onnxruntime_int8_agree(exported):
+    assert exported["report"].extra["int8_pytorch_vs_onnxruntime_agreement"] >= 0.99
+
+
+def test_dynamic_batch_runs_any_batch(exported):
+    m = OrtModel(exported["export"].path("onnx", "int8"))
+    assert m.fixed_batch is None
+    for b in (1, 7):
+        assert m.run(np.zeros((b, 1, 32, 32), np.float32)).shape == (b, 10)
+
+
+def test_fixed_batch_and_refusal_to_overwrite(trained_checkpoint, tmp_path):
+    lm = load_checkpoint(trained_checkpoint)
+    res = export_artifacts(lm.model, lm.contract, tmp_path, formats=("onnx",), batch=1)
+    sess = ort.InferenceSession(str(res.path("onnx", "fp32")), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape[0] == 1
+    before = (tmp_path / "manifest.json").read_bytes()
+    with pytest.raises(UsageError, match="--force"):
+        export_artifacts(lm.model, lm.contract, tmp_path, formats=("onnx",))
+    assert (tmp_path / "manifest.json").read_bytes() == before
+
+
+def test_failed_export_leaves_nothing(trained_checkpoint, tmp_path, monkeypatch):
+    import edgefuse.export.artifacts as art
+
+    lm = load_checkpoint(trained_checkpoint)
+    calls = {"n": 0}
+    real = art.export_onnx
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ExportError("injected failure")
+        return real(*a, **k)
+
+    monkeypatch.setattr(art, "export_onnx", flaky)
+    from edgefuse.quantize import TensorBatches, quantize_ptq
+
+    d = load_data("digits")
+    q = quantize_ptq(lm.model, TensorBatches(ImageDataset(d.train, lm.contract), 64))
+    with pytest.raises(ExportError, match="injected"):
+        export_artifacts(lm.model, lm.contract, tmp_path / "out", quantized=q, formats=("onnx",))
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_folded_weights_are_detected(exported, tmp_path):
+    # What onnxsim's constant folding does to a QDQ model: weights become fp32 initializers.
+    m = onnx.load(str(exported["export"].path("onnx", "int8")))
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in m.graph.initializer}
+    producers = {o: n for n in m.graph.node for o in n.output}
+    conv = next(n for n in m.graph.node if n.op_type == "Conv")
+    dq = producers[conv.input[1]]
+    w = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float32)
+    m.graph.initializer.append(numpy_helper.from_array(w, "folded_w"))
+    conv.input[1] = "folded_w"
+    s = weight_summary(m)
+    assert s["float_weights"] == 1 and conv.name in s["float_weight_nodes"]
+
+
+def test_reduce_mean_becomes_global_pool():
+    class M(torch.nn.Module):
+        def forward(self, x):
+            return x.mean((2, 3), keepdim=True) + x.mean((2, 3))[:, :, None, None]
+
+    import io
+
+    from edgefuse.export import export_onnx
+
+    path = "/tmp/_edgefuse_rm.onnx"
+    export_onnx(M(), (torch.randn(2, 3, 5, 5),), path)
+    m = onnx.load(path)
+    assert reduce_mean_to_global_pool(m) == 2
+    assert "ReduceMean" not in {n.op_type for n in m.graph.node}
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.rand(3, 3, 5, 5).astype(np.float32)
+    np.testing.assert_allclose(sess.run(None, {sess.get_inputs()[0].name: x})[0],
+                               2 * x.mean((2, 3), keepdims=True), rtol=1e-5)
+
+
+def test_parse_formats():
+    assert parse_formats("onnx, torchscript") == ("onnx", "torchscript")
+    with pytest.raises(UsageError, match="unknown format"):
+        parse_formats("tflite")

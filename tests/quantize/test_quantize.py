@@ -1,0 +1,118 @@
+import pytest
+import torch
+
+from edgefuse.checkpoint import load_checkpoint
+from edgefuse.data import ImageDataset, load_data
+from edgefuse.errors import DataError, UsageError
+from edgefuse.models import create_model
+from edgefuse.quantize import CALIBRATION_METHODS, QATConfig, QuantConfig, TensorBatches, quantize_ptq, quantize_qat
+from edgefuse.training import evaluate
+from tests.conftest import perturb_
+
+qd = torch.ops.quantized_decomposed
+
+
+def _digits(contract):
+    d = load_data("digits")
+    return ImageDataset(d.train, contract), ImageDataset(d.test, contract)
+
+
+def _quant_nodes_after(program, op):
+    out = []
+    for n in program.graph.nodes:
+        if n.target == op:
+            for u in n.users:
+                if u.target == qd.quantize_per_tensor.default:
+                    out.append(u)
+    return out
+
+
+def test_ptq_keeps_accuracy_within_budget(trained_checkpoint):
+    lm = load_checkpoint(trained_checkpoint)
+    train, test = _digits(lm.contract)
+    q = quantize_ptq(lm.model, TensorBatches(train, 300))
+    fp32, int8 = evaluate(lm.model, test), evaluate(q.program, test)
+    assert q.calib_samples == 300 and q.method == "ptq"
+    assert fp32 - int8 <= 0.005 + 1e-9, (fp32, int8)
+
+
+def test_gate_outputs_get_fixed_qparams():
+    m = perturb_(create_model("resnet", 10, fusion="effatt", width=0.5), std=0.05).eval()
+    calib = [torch.randn(8, 1, 32, 32) for _ in range(2)]
+    q = quantize_ptq(m, _ListReader(calib))
+    nodes = _quant_nodes_after(q.program, torch.ops.aten.sigmoid.default)
+    assert len(nodes) == 4  # one gate per stage
+    for n in nodes:
+        assert n.args[1] == pytest.approx(1 / 256) and n.args[2] == 0
+
+
+def test_gate_qparams_can_be_calibrated_instead():
+    m = perturb_(create_model("resnet", 10, fusion="se", width=0.5), std=0.05).eval()
+    q = quantize_ptq(m, _ListReader([torch.randn(8, 1, 32, 32)]), QuantConfig(fixed_gate_qparams=False))
+    nodes = _quant_nodes_after(q.program, torch.ops.aten.sigmoid.default)
+    assert nodes and all(n.args[1] != pytest.approx(1 / 256) for n in nodes)
+
+
+def test_weights_are_per_channel_int8_with_int32_bias():
+    m = perturb_(create_model("mobilenetv3", 10, width=0.5), std=0.02).eval()
+    q = quantize_ptq(m, _ListReader([torch.randn(4, 1, 32, 32)]))
+    deq_pc = [n for n in q.program.graph.nodes if n.target == qd.dequantize_per_channel.default]
+    dtypes = {n.args[-1] for n in deq_pc}
+    assert torch.int8 in dtypes and torch.int32 in dtypes  # weights and biases
+    convs = [n for n in q.program.graph.nodes if n.target == torch.ops.aten.conv2d.default]
+    assert convs and all(c.args[1].target == qd.dequantize_per_channel.default for c in convs)
+
+
+@pytest.mark.parametrize("method", CALIBRATION_METHODS)
+def test_every_calibration_method_keeps_accuracy(method, trained_checkpoint):
+    lm = load_checkpoint(trained_checkpoint)
+    train, test = _digits(lm.contract)
+    q = quantize_ptq(lm.model, TensorBatches(train, 128), QuantConfig(calibration=method))
+    assert evaluate(lm.model, test) - evaluate(q.program, test) <= 0.02
+
+
+def test_exclude_keeps_module_in_fp32():
+    m = perturb_(create_model("resnet", 10, fusion="effatt", width=0.5), std=0.05).eval()
+    q = quantize_ptq(m, _ListReader([torch.randn(4, 1, 32, 32)]), QuantConfig(exclude=(r"^stages\.3\.0\.fusion",)))
+    sig = [n for n in q.program.graph.nodes if n.target == torch.ops.aten.sigmoid.default]
+    quantized = [n for n in sig if any(u.target == qd.quantize_per_tensor.default for u in n.users)]
+    assert len(sig) == 4 and len(quantized) == 3
+
+
+def test_invalid_configs():
+    with pytest.raises(UsageError, match="histogram"):
+        QuantConfig(calibration="entropy")
+    with pytest.raises(UsageError, match="exclude"):
+        QuantConfig(exclude=("([",))
+    with pytest.raises(UsageError):
+        QATConfig(epochs=0)
+    with pytest.raises(UsageError, match="at least one epoch"):
+        QATConfig(freeze_observer_epoch=0)
+
+
+def test_calibration_set_too_small_and_nan():
+    with pytest.raises(DataError, match="calib-samples"):
+        TensorBatches([torch.zeros(1, 8, 8)] * 5, samples=10)
+    reader = TensorBatches([(torch.full((1, 8, 8), float("nan")), 0)] * 4, samples=4)
+    with pytest.raises(DataError, match="NaN"):
+        reader.get_next()
+
+
+def test_qat_runs_and_agrees_with_fp32(trained_checkpoint):
+    lm = load_checkpoint(trained_checkpoint)
+    train, test = _digits(lm.contract)
+    q = quantize_qat(lm.model, train, qat=QATConfig(epochs=2, freeze_observer_epoch=1))
+    assert q.method == "qat" and [h["observers_frozen"] for h in q.history] == [False, True]
+    assert all(h["bn_frozen"] for h in q.history)
+    fp32, int8 = evaluate(lm.model, test), evaluate(q.program, test)
+    assert fp32 - int8 <= 0.01, (fp32, int8)
+    # the fp32 model itself is untouched
+    assert evaluate(lm.model, test) == fp32
+
+
+class _ListReader:
+    def __init__(self, batches):
+        self.batches = list(batches)
+
+    def get_next(self):
+        return self.batches.pop(0) if self.batches else None

@@ -1,0 +1,87 @@
+import json
+from importlib import resources
+
+import jsonschema
+import numpy as np
+import pytest
+
+from edgefuse.errors import InputFileError, UsageError
+from edgefuse.validate import Budgets, interleaved_latency, validate_models
+from edgefuse.validate.metrics import sqnr_db, topk_accuracy
+from edgefuse.validate.report import drop_of, gate_failures
+from tests.conftest import damage_int8_onnx
+
+SCHEMA = json.loads(resources.files("edgefuse.validate").joinpath("report.schema.json").read_text())
+
+
+def test_report_json_validates_against_schema(exported):
+    path = exported["export"].out_dir / "report.json"
+    report = json.loads(path.read_text())
+    jsonschema.validate(report, SCHEMA)
+    assert report["data"]["samples"] == 269
+    assert report["runtime"]["runs"] >= 30
+    assert (exported["export"].out_dir / "report.md").read_text().startswith("# edgefuse validation report")
+
+
+def test_schema_rejects_a_broken_report(exported):
+    report = json.loads((exported["export"].out_dir / "report.json").read_text())
+    del report["gate"]["passed"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(report, SCHEMA)
+
+
+def test_damaged_int8_model_fails_the_gate(exported, tmp_path):
+    from edgefuse.data import ImageDataset, load_data
+    from edgefuse.validate import OrtModel
+    from edgefuse.data import PreprocessContract
+
+    res = exported["export"]
+    bad = damage_int8_onnx(res.path("onnx", "int8"), tmp_path / "bad.onnx")
+    contract = PreprocessContract.from_dict(json.loads(OrtModel(bad).metadata()["edgefuse.contract"]))
+    ds = ImageDataset(load_data("digits").test, contract)
+    r = validate_models(res.path("onnx", "fp32"), bad, ds, runs=5, budgets=Budgets(max_drop=0.5, max_latency_ratio=None))
+    assert not r.passed and "accuracy drop" in r.failures[0]
+    ok = validate_models(res.path("onnx", "fp32"), res.path("onnx", "int8"), ds, runs=5,
+                         budgets=Budgets(max_drop=1.0, max_latency_ratio=None))
+    assert ok.passed, ok.failures
+
+
+def test_gate_arithmetic():
+    assert drop_of(0.98, 0.976, "absolute") == pytest.approx(0.4)
+    assert drop_of(0.80, 0.76, "relative") == pytest.approx(5.0)
+    assert gate_failures(Budgets(max_drop=0.5), 0.4, 0.9) == []
+    fails = gate_failures(Budgets(max_drop=0.5, max_latency_ratio=1.0), 0.6, 1.2)
+    assert len(fails) == 2 and "by 0.10" in fails[0] and "by 0.200" in fails[1]
+    assert gate_failures(Budgets(max_drop=None, max_latency_ratio=None), 50.0, 9.0) == []
+
+
+@pytest.mark.parametrize("kwargs", [{"max_drop": -1}, {"max_latency_ratio": 0}, {"drop_type": "percent"},
+                                    {"max_drop": float("nan")}])
+def test_invalid_budgets(kwargs):
+    with pytest.raises(UsageError):
+        Budgets(**kwargs)
+
+
+def test_metrics():
+    logits = np.array([[3, 2, 1], [1, 3, 2], [1, 2, 3]], dtype=np.float32)
+    labels = np.array([0, 0, 2])
+    assert topk_accuracy(logits, labels, 1) == pytest.approx(2 / 3)
+    assert topk_accuracy(logits, labels, 2) == pytest.approx(2 / 3)
+    assert topk_accuracy(logits, labels, 3) == pytest.approx(1.0)
+    assert sqnr_db(logits, logits * 1.1) == pytest.approx(20.0, abs=1e-4)
+
+
+def test_interleaved_latency_counts_runs():
+    calls = []
+    lat = interleaved_latency({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, runs=7, warmup=2)
+    assert lat["a"]["runs"] == lat["b"]["runs"] == 7 and len(calls) == 18
+    assert calls[4:8] == ["a", "b", "b", "a"]  # alternating order
+
+
+def test_missing_and_corrupt_model_files(tmp_path, exported):
+    f32 = exported["export"].path("onnx", "fp32")
+    with pytest.raises(InputFileError, match="not found"):
+        validate_models(f32, tmp_path / "none.onnx", None, runs=1)
+    (tmp_path / "junk.onnx").write_bytes(b"garbage" * 10)
+    with pytest.raises(InputFileError, match="cannot load"):
+        validate_models(f32, tmp_path / "junk.onnx", None, runs=1)
