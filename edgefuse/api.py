@@ -236,7 +236,11 @@ def export_model(
     if (out / "manifest.json").exists() and not force:
         raise UsageError(f"{out} already holds exported artifacts; pass --force to replace them")
     model, contract, info = load_model_source(source, **(model_kwargs or {}))
-    quant_config = quant_config or QuantConfig()
+    if quant_config is None:
+        from edgefuse.quantize.targets import detect_target
+
+        t = detect_target()
+        quant_config = QuantConfig(activation_dtype=t.activation_dtype, reduce_range=t.reduce_range, target=t.name)
     budgets = budgets or Budgets()
     if int8 and not calib:
         raise UsageError("--int8 needs calibration data: pass --calib DATA")

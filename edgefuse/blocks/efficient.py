@@ -50,7 +50,8 @@ class EfficientAttention(nn.Module):
         self.gain = float(gain)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        a = self.gate(self.fc2(self.act(self.norm(self.fc1(global_avg_pool(x + y))))))
+        # GAP(x + y) == GAP(x) + GAP(y): pooling first saves a full-size add.
+        a = self.gate(self.fc2(self.act(self.norm(self.fc1(global_avg_pool(x) + global_avg_pool(y))))))
         wx = a * self.gain if self.gain != 1.0 else a
         wy = self.gain - wx
         return x * wx + y * wy

@@ -187,6 +187,8 @@ def export(
     calib_samples: int = typer.Option(300, help="Calibration images."),
     calibration: str = typer.Option("histogram", help="Activation ranges: minmax, moving_average or histogram."),
     per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="int8 weight scales per output channel."),
+    target: str = typer.Option("auto", help="CPU preset: auto (detect), x86-vnni, x86-avx2 (7-bit weights) or "
+                                            "arm64 (signed int8 activations)."),
     exclude: Optional[list[str]] = typer.Option(None, help="Regex over module paths to keep in fp32 (repeatable)."),
     qat: bool = typer.Option(False, "--qat", help="Quantization-aware fine-tuning instead of PTQ alone."),
     epochs: int = typer.Option(3, help="QAT epochs."),
@@ -219,10 +221,14 @@ def export(
     from edgefuse.validate import Budgets
 
     fmts = parse_formats(formats)
+    from edgefuse.quantize.targets import get_target
+
+    tgt = get_target(target)
     qcfg = QuantConfig(per_channel=per_channel, calibration=calibration, calib_samples=calib_samples,
-                       exclude=tuple(exclude or ()))
+                       exclude=tuple(exclude or ()), activation_dtype=tgt.activation_dtype,
+                       reduce_range=tgt.reduce_range, target=tgt.name)
     budgets = Budgets(max_drop=max_drop, drop_type=drop_type, max_latency_ratio=max_latency_ratio)
-    qat_cfg = QATConfig(epochs=epochs, lr=qat_lr, seed=seed) if qat else None
+    qat_cfg = QATConfig(epochs=epochs, lr=qat_lr, seed=seed, freeze_observer_epoch=max(1, epochs - 1)) if qat else None
     if qat and not int8:
         int8 = True
     progress = _progress(quiet or json_out)
@@ -296,6 +302,45 @@ def validate(
     elif not quiet:
         _print_report(report)
     _gate_exit(report)
+
+
+@app.command()
+def doctor(
+    model: Path = typer.Argument(..., help="An .onnx model (int8 or fp32)."),
+    threads: int = typer.Option(1, help="onnxruntime intra-op threads."),
+    runs: int = typer.Option(50, help="Profiled runs."),
+    top: int = typer.Option(12, help="How many of the costliest findings to list."),
+    json_out: bool = typer.Option(False, "--json", help="Print the full diagnosis as JSON."),
+) -> None:
+    """Explain an int8 model's speed: what onnxruntime runs after fusion (int8 ops, fp32 islands, Q/DQ pairs,
+    transposes), where the time goes, and which nodes (and source modules) keep int8 from paying off."""
+    from edgefuse.validate.doctor import diagnose
+
+    rep = diagnose(model, threads=threads, runs=runs)
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(rep.to_dict(), indent=2))
+        return
+    from rich.table import Table
+
+    from edgefuse.cli._ui import out as console
+
+    console.print(rep.summary(), highlight=False)
+    t = Table(title="time per op type (ms per run)", title_justify="left")
+    t.add_column("op")
+    t.add_column("count", justify="right")
+    t.add_column("ms", justify="right")
+    for op, ms in sorted(rep.op_ms.items(), key=lambda kv: -kv[1])[:12]:
+        t.add_row(op, str(rep.op_counts.get(op, "")), f"{ms:.3f}")
+    console.print(t)
+    if rep.findings:
+        t = Table(title=f"costliest findings (top {top})", title_justify="left")
+        for c in ("finding", "node", "module", "ms"):
+            t.add_column(c, justify="right" if c == "ms" else "left")
+        for f in rep.findings[:top]:
+            t.add_row(f.kind, f.node[:40], f.module or "-", f"{f.ms:.3f}")
+        console.print(t)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from edgefuse._quiet import quiet
-from edgefuse._versions import sha256_file, versions
+from edgefuse._versions import cpu_name, sha256_file, versions
 from edgefuse.data.contract import PreprocessContract
 from edgefuse.errors import ExportError, UsageError
 from edgefuse.export.onnx import DEFAULT_OPSET, export_onnx
@@ -113,10 +113,13 @@ def _finish_onnx(path: Path, contract: PreprocessContract, precision: str, simpl
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     summary = weight_summary(model)
-    if precision == "int8" and (summary["int8_weights"] == 0 or summary["float_weights"] > 0):
+    # fp32 weights are legitimate where the quantizer kept a conv wholly fp32 (stem, --exclude); what
+    # must never happen is fewer int8 weights than the exporter produced (folded back to fp32).
+    if precision == "int8" and (summary["int8_weights"] == 0 or summary["int8_weights"] < before["int8_weights"]
+                                or summary["float_weights"] > before["float_weights"]):
         raise ExportError(
             f"{path.name}: int8 check failed: {summary['int8_weights']} int8 and {summary['float_weights']} fp32 weight "
-            f"tensors feed Conv/Gemm ({', '.join(summary['float_weight_nodes'][:3])})"
+            f"tensors feed Conv/Gemm (exported: {before['int8_weights']} and {before['float_weights']})"
         )
     details.update({k: v for k, v in summary.items() if k != "float_weight_nodes"})
     return details
@@ -130,6 +133,13 @@ def _torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> None:
         got, ref = loaded(example), module(example)
     if not torch.allclose(got, ref, atol=1e-3, rtol=1e-3):
         raise ExportError(f"{path.name}: TorchScript output differs from PyTorch by {float((got - ref).abs().max()):.3g}")
+
+
+def _cpu_record() -> dict:
+    from edgefuse.quantize.targets import detect_target
+
+    t = detect_target()
+    return {"name": cpu_name(), "detected_target": t.name, "why": t.why}
 
 
 def export_artifacts(
@@ -216,6 +226,7 @@ def export_artifacts(
                 "method": quantized.method, "config": quantized.config.to_dict(),
                 "calib_samples": quantized.calib_samples, "qat_history": quantized.history,
             },
+            "cpu": _cpu_record(),
             "artifacts": [asdict(a) for a in arts],
             "notes": notes,
             **(manifest_extra or {}),

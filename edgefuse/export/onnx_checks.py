@@ -101,6 +101,10 @@ def reduce_mean_to_global_pool(model: onnx.ModelProto) -> int:
     for vi in list(inferred.value_info) + list(inferred.input) + list(inferred.output):
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
             ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
     new_nodes, count = [], 0
     for n in model.graph.node:
         if n.op_type != "ReduceMean":
@@ -123,6 +127,15 @@ def reduce_mean_to_global_pool(model: onnx.ModelProto) -> int:
         else:
             mid = n.output[0] + "_gap"
             new_nodes.append(helper.make_node("GlobalAveragePool", [n.input[0]], [mid], name=n.name))
+            q = consumers.get(n.output[0], [])
+            if len(q) == 1 and q[0].op_type == "QuantizeLinear":
+                # Keep DQ -> GlobalAveragePool -> Q adjacent (so it fuses into QLinearGlobalAveragePool) by
+                # re-quantizing with the consumer's own parameters before the Flatten; onnxruntime drops
+                # the DQ -> Flatten -> Q pair that this leaves, as it does for every reshape.
+                qmid, dqmid = mid + "_q", mid + "_dq"
+                new_nodes.append(helper.make_node("QuantizeLinear", [mid, *q[0].input[1:]], [qmid], name=n.name + "_q"))
+                new_nodes.append(helper.make_node("DequantizeLinear", [qmid, *q[0].input[1:]], [dqmid], name=n.name + "_dq"))
+                mid = dqmid
             new_nodes.append(helper.make_node("Flatten", [mid], [n.output[0]], name=n.name + "_flatten", axis=1))
         for p in n.metadata_props:
             new_nodes[-1].metadata_props.add(key=p.key, value=p.value)

@@ -25,8 +25,9 @@ class QuantConfig:
             scale 1/256 and zero point 0 instead of calibrated ones.
         activation_dtype: ``uint8`` (asymmetric, what onnxruntime's x86 int8 kernels expect) or
             ``int8``.
-        reduce_range: 7-bit activations (for x86 CPUs without VNNI, whose u8 x s8 products saturate).
+        reduce_range: 7-bit weights (for x86 CPUs without VNNI, whose u8 x s8 pair sums saturate int16).
         exclude: regular expressions over module paths (``stages.2.0.fusion``) kept in fp32.
+        target: CPU preset name the dtype/range came from (recorded in the manifest).
     """
 
     per_channel: bool = True
@@ -37,6 +38,7 @@ class QuantConfig:
     activation_dtype: str = "uint8"
     reduce_range: bool = False
     exclude: tuple[str, ...] = field(default=())
+    target: str = "x86-vnni"
 
     def __post_init__(self) -> None:
         if self.calibration not in CALIBRATION_METHODS:

@@ -13,7 +13,8 @@ It annotates the aten graph that ``torch.export`` produces:
   requantization happens around them.
 
 Everything else (group norm, softmax / attention matmuls) stays fp32 between DequantizeLinear and
-QuantizeLinear, and so does any module whose path matches ``QuantConfig.exclude``.
+QuantizeLinear, and so does any module whose path matches ``QuantConfig.exclude``. A conv over at
+most 4 input channels (the stem over pixels) stays wholly fp32: int8 is slower there.
 """
 
 from __future__ import annotations
@@ -80,11 +81,12 @@ class EdgefuseQuantizer(Quantizer):
         self._exclude = [re.compile(p) for p in config.exclude]
         c = config
         if c.activation_dtype == "uint8":
-            dtype, qmin, qmax = torch.uint8, 0, 127 if c.reduce_range else 255
-            qscheme = torch.per_tensor_affine
+            dtype, qmin, qmax = torch.uint8, 0, 255
         else:
-            dtype, qmin, qmax = torch.int8, -64 if c.reduce_range else -128, 63 if c.reduce_range else 127
-            qscheme = torch.per_tensor_affine
+            dtype, qmin, qmax = torch.int8, -128, 127
+        qscheme = torch.per_tensor_affine
+        # 7-bit weights keep u8 x s8 pair sums inside vpmaddubsw's int16 on x86 without VNNI.
+        wmax = 63 if c.reduce_range else 127
         if is_qat:
             act_ctr = FusedMovingAvgObsFakeQuantize.with_args(observer=MovingAverageMinMaxObserver, eps=_EPS)
         else:
@@ -99,14 +101,14 @@ class EdgefuseQuantizer(Quantizer):
             w_obs = MovingAveragePerChannelMinMaxObserver if is_qat else PerChannelMinMaxObserver
             w_ctr = (FusedMovingAvgObsFakeQuantize.with_args(observer=w_obs, eps=_EPS) if is_qat
                      else w_obs.with_args(eps=_EPS))
-            self.weight = QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127,
+            self.weight = QuantizationSpec(dtype=torch.int8, quant_min=-wmax, quant_max=wmax,
                                            qscheme=torch.per_channel_symmetric, ch_axis=0, is_dynamic=False,
                                            observer_or_fake_quant_ctr=w_ctr)
         else:
             w_ctr = (FusedMovingAvgObsFakeQuantize.with_args(observer=MovingAverageMinMaxObserver, eps=_EPS,
                                                              qscheme=torch.per_tensor_symmetric)
                      if is_qat else MinMaxObserver.with_args(eps=_EPS, qscheme=torch.per_tensor_symmetric))
-            self.weight = QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127,
+            self.weight = QuantizationSpec(dtype=torch.int8, quant_min=-wmax, quant_max=wmax,
                                            qscheme=torch.per_tensor_symmetric, is_dynamic=False,
                                            observer_or_fake_quant_ctr=w_ctr)
         # Gates live in [0, 1]: 256 levels of 1/256 (uint8) or zero point -128 (int8).
@@ -167,7 +169,12 @@ class EdgefuseQuantizer(Quantizer):
             elif t in BINARY:
                 ins = {a: self._in_spec(a) for a in node.args[:2] if isinstance(a, Node)}
                 if ins:
-                    self._mark(node, ins, self.act)
+                    relu = self._sole_relu_user(node)
+                    # add -> relu (residual merges): quantize after the ReLU only, which folds into the
+                    # zero point; a separate range before it would leave a DQ -> Q requantization.
+                    self._mark(node, ins, None if relu else self.act)
+                    if relu:
+                        self._mark(relu, {}, self.act)
             elif t in OWN_OUTPUT:
                 a = node.args[0]
                 if isinstance(a, Node):
@@ -178,17 +185,37 @@ class EdgefuseQuantizer(Quantizer):
 
     def _annotate_conv(self, node: Node) -> None:
         act_arg, weight = node.args[0], node.args[1]
+        if self._thin_input(node):
+            # A conv over 1-4 input channels (the stem over grey or RGB pixels) has too little work per
+            # output for int8 kernels: onnxruntime's QLinearConv is ~5x slower than its fp32 conv there,
+            # and quantizing the network input costs an extra full-size Q and NHWC transpose. It stays
+            # wholly fp32 (fp32 weights, no DequantizeLinear); its consumers quantize its output.
+            users = list(node.users)
+            if len(users) == 1 and users[0].target in RELU:
+                self._mark(users[0], {}, self.act)  # Conv+ReLU stay one fused fp32 kernel, then Q
+            return
         bias = node.args[2] if len(node.args) > 2 else None
         inputs = {act_arg: self._in_spec(act_arg), weight: self.weight}
         if isinstance(bias, Node):
             inputs[bias] = self._bias_spec(node, act_arg, weight)
+        relu = self._sole_relu_user(node)
+        self._mark(node, inputs, None if relu else self.act)
+        if relu:
+            self._mark(relu, {}, self.act)
+
+    def _sole_relu_user(self, node: Node) -> Node | None:
         users = list(node.users)
-        fused_relu = (
-            len(users) == 1 and users[0].target in RELU and not self._excluded(users[0])
-        )
-        self._mark(node, inputs, None if fused_relu else self.act)
-        if fused_relu:
-            self._mark(users[0], {}, self.act)
+        if len(users) == 1 and users[0].target in RELU and not self._excluded(users[0]):
+            return users[0]
+        return None
+
+    @staticmethod
+    def _thin_input(node: Node) -> bool:
+        """A conv reading the network input (pixels) over at most 4 channels."""
+        if node.target is not aten.conv2d.default or getattr(node.args[0], "op", None) != "placeholder":
+            return False
+        w = node.args[1].meta.get("val") if isinstance(node.args[1], Node) else None
+        return w is not None and w.dim() == 4 and w.shape[1] <= 4
 
     def _annotate_shared(self, node: Node) -> None:
         args = node.args[0] if node.target is aten.cat.default else [node.args[0]]

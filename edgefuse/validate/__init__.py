@@ -1,6 +1,7 @@
 """Validation: fp32 vs int8 in onnxruntime (accuracy, agreement, SQNR, size, latency) and the CI gate."""
 
-from edgefuse.validate.core import cpu_name, validate_models, write_report
+from edgefuse._versions import cpu_name
+from edgefuse.validate.core import validate_models, write_report
 from edgefuse.validate.latency import interleaved_latency
 from edgefuse.validate.report import REPORT_SCHEMA_VERSION, Budgets, ValidationReport
 from edgefuse.validate.runtime import OrtModel

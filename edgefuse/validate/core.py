@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import numpy as np
 
-from edgefuse._versions import versions
+from edgefuse._versions import cpu_name, versions
 from edgefuse.errors import DataError
 from edgefuse.progress import NullProgress, Progress
 from edgefuse.validate.latency import interleaved_latency
 from edgefuse.validate.metrics import agreement, sqnr_db, topk_accuracy
 from edgefuse.validate.report import Budgets, ModelResult, ValidationReport, drop_of, gate_failures
 from edgefuse.validate.runtime import OrtModel
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _stream_logits(models: list[OrtModel], dataset, batch_size: int = 64):

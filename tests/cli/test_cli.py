@@ -118,3 +118,21 @@ def test_export_bad_options(tiny_checkpoint, tmp_path, args, needle):
     r = run("export", str(tiny_checkpoint), "--int8", "--out", str(tmp_path / "o"), *args)
     _one_line_error(r, needle)
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_doctor_cli(exported):
+    r = run("doctor", str(exported["export"].path("onnx", "int8")), "--runs", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["int8_ops"] > 0 and rep["op_counts"]["QLinearConv"] > 0
+    r = run("doctor", str(exported["export"].path("onnx", "int8")), "--runs", "3")
+    assert r.returncode == 0 and "int8 ops" in r.stdout
+
+
+def test_doctor_missing_file(tmp_path):
+    _one_line_error(run("doctor", str(tmp_path / "none.onnx")), "not found")
+
+
+def test_unknown_target(tiny_checkpoint, tmp_path):
+    _one_line_error(run("export", str(tiny_checkpoint), "--int8", "--target", "riscv", "--out", str(tmp_path / "o")),
+                    "unknown target")

@@ -1,0 +1,105 @@
+"""int8 speed at 224x224: fp32 ONNX vs onnxruntime's own quantize_static vs edgefuse int8, one run.
+
+    .venv/bin/python benchmarks/int8_speed.py [--threads 1,2] [--runs 100] [--rows resnet/effatt,...] [--json out.json]
+
+For each zoo model (architecture built for 224x224 inputs, weights from a fixed seed: latency does
+not depend on their values) the fp32 model is exported once; onnxruntime's quantizer
+(``quant_pre_process`` then ``quantize_static``: QDQ, per-channel, uint8 activations / int8 weights,
+MinMax) and edgefuse (torchao PT2E + edgefuse's quantizer and export passes) both calibrate on the
+same 64 digits images resized to 224. The three models are timed interleaved in one loop (batch 1,
+10 warm-up runs, then --runs runs each; medians and p90), and top-1 agreement of each int8 model with
+fp32 is measured on 128 digits test images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgefuse.data import ImageDataset, PreprocessContract, load_data
+from edgefuse.export import export_artifacts
+from edgefuse.models import create_model
+from edgefuse.quantize import TensorBatches, quantize_ptq
+from edgefuse.validate import OrtModel, cpu_name, interleaved_latency
+from edgefuse.validate.metrics import agreement
+
+ROWS = ["resnet/add", "resnet/se", "resnet/cbam", "resnet/effatt", "mobilenetv3/add", "fpn/effatt"]
+
+
+def ort_quantize_static(fp32: Path, out: Path, calib: np.ndarray) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib[i : i + 1] for i in range(len(calib)))
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {"input": x}
+
+    pre = out.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    data = load_data("digits")
+    c = PreprocessContract(224, 1, [0.306], [0.324], data.class_names)
+    calib_ds = ImageDataset(data.train, c)
+    calib = np.stack([calib_ds[i][0].numpy() for i in range(64)])
+    test_ds = ImageDataset(data.test, c)
+    test = np.stack([test_ds[i][0].numpy() for i in range(128)])
+    tmp = Path(tempfile.mkdtemp(prefix="edgefuse-speed-"))
+    rows = []
+    for row in args.rows.split(","):
+        name, fusion = row.split("/")
+        torch.manual_seed(0)
+        model = create_model(name, 10, fusion=fusion, input_size=224).eval()
+        q = quantize_ptq(model, TensorBatches(calib_ds, 64, 16))
+        res = export_artifacts(model, c, tmp / row.replace("/", "-"), quantized=q, formats=("onnx",), force=True)
+        f32_path, ef_path = res.path("onnx", "fp32"), res.path("onnx", "int8")
+        ort_path = ort_quantize_static(f32_path, tmp / f"{row.replace('/', '-')}-ort.onnx", calib)
+        for threads in [int(t) for t in args.threads.split(",")]:
+            models = {"fp32": OrtModel(f32_path, threads), "ort_int8": OrtModel(ort_path, threads),
+                      "edgefuse_int8": OrtModel(ef_path, threads)}
+            x = test[:1]
+            lat = interleaved_latency({k: (lambda m=m: m.run(x)) for k, m in models.items()}, runs=args.runs)
+            ref = models["fp32"].run(test)
+            r = {"model": name, "fusion": fusion, "threads": threads,
+                 **{f"{k}_ms": round(v["median_ms"], 3) for k, v in lat.items()},
+                 **{f"{k}_p90_ms": round(v["p90_ms"], 3) for k, v in lat.items()},
+                 "fp32_over_edgefuse": round(lat["fp32"]["median_ms"] / lat["edgefuse_int8"]["median_ms"], 3),
+                 "fp32_over_ort": round(lat["fp32"]["median_ms"] / lat["ort_int8"]["median_ms"], 3),
+                 "ort_over_edgefuse": round(lat["ort_int8"]["median_ms"] / lat["edgefuse_int8"]["median_ms"], 3),
+                 "agree_edgefuse": round(agreement(ref, models["edgefuse_int8"].run(test)), 4),
+                 "agree_ort": round(agreement(ref, models["ort_int8"].run(test)), 4)}
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    print(f"\nCPU: {cpu_name()}; onnxruntime CPU, batch 1, 224x224, {args.runs} interleaved runs, medians\n")
+    print("| model | fusion | threads | fp32 ms | ORT quantize_static ms | edgefuse int8 ms | edgefuse speed-up vs fp32 "
+          "| vs ORT int8 | ORT int8 speed-up vs fp32 | agreement edgefuse / ORT |")
+    print("|" + "---|" * 10)
+    for r in rows:
+        print(f"| {r['model']} | {r['fusion']} | {r['threads']} | {r['fp32_ms']:.2f} | {r['ort_int8_ms']:.2f} "
+              f"| {r['edgefuse_int8_ms']:.2f} | {r['fp32_over_edgefuse']:.2f}x | {r['ort_over_edgefuse']:.2f}x "
+              f"| {r['fp32_over_ort']:.2f}x | {100 * r['agree_edgefuse']:.0f}% / {100 * r['agree_ort']:.0f}% |")
+    if args.json:
+        args.json.write_text(json.dumps({"cpu": cpu_name(), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

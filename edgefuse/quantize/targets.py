@@ -1,0 +1,65 @@
+"""CPU presets: which int8 flavour a target's kernels run best and correctly."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+
+from edgefuse.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Target:
+    """An int8 deployment target.
+
+    Attributes:
+        name: ``x86-vnni``, ``x86-avx2`` or ``arm64``.
+        activation_dtype: ``uint8`` (x86: u8 x s8 dot products) or ``int8`` (ARM: s8 x s8 dot products).
+        reduce_range: 7-bit weights; x86 without VNNI computes u8 x s8 products with
+            ``vpmaddubsw``, whose 16-bit pair sums saturate with full-range weights.
+        why: one line for the manifest.
+    """
+
+    name: str
+    activation_dtype: str
+    reduce_range: bool
+    why: str
+
+
+TARGETS = {
+    "x86-vnni": Target("x86-vnni", "uint8", False, "AVX-512 VNNI / AVX-VNNI / AMX: u8 x s8 dot products without saturation"),
+    "x86-avx2": Target("x86-avx2", "uint8", True, "AVX2 without VNNI: vpmaddubsw pair sums saturate int16, so weights use 7 bits"),
+    "arm64": Target("arm64", "int8", False, "ARMv8 dot product (sdot): signed int8 activations and weights"),
+}
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def detect_target(flags: set[str] | None = None, machine: str | None = None) -> Target:
+    """Pick the preset for this CPU (or for the given ``/proc/cpuinfo`` flags and machine name)."""
+    flags = cpu_flags() if flags is None else flags
+    machine = (machine or platform.machine()).lower()
+    if machine in ("aarch64", "arm64"):
+        return TARGETS["arm64"]
+    if flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
+        return TARGETS["x86-vnni"]
+    return TARGETS["x86-avx2"]
+
+
+def get_target(name: str | None) -> Target:
+    """``None`` or ``auto`` detects; otherwise a name from :data:`TARGETS`."""
+    if name in (None, "auto"):
+        return detect_target()
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise UsageError(f"unknown target {name!r}; choose one of: auto, {', '.join(TARGETS)}") from None
