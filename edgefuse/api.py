@@ -180,7 +180,23 @@ def load_model_source(
         except Exception as e:
             raise CheckpointError(f"{path} is corrupt or not a torch.export archive ({_short(e)})") from None
         info["format"] = "pt2"
-        return program.module(), _contract_from_flags(None, input_size, channels, mean, std, None), info
+        user_inputs = [n for n in program.graph.nodes if n.op == "placeholder"
+                       and n.name in program.graph_signature.user_inputs]
+        val = user_inputs[0].meta.get("val") if user_inputs else None
+        if val is not None and not isinstance(val.shape[0], torch.SymInt):
+            raise UsageError(
+                f"{path} was exported with a fixed batch size of {val.shape[0]}; calibration and evaluation run "
+                "batches, so re-export it with dynamic_shapes=({0: torch.export.Dim('batch')},)"
+            )
+        from edgefuse._quiet import import_pt2e
+
+        import_pt2e()
+        from torchao.quantization.pt2e import allow_exported_model_train_eval
+
+        # An exported program's module refuses .eval(); it has no train-only behaviour left to switch.
+        module = program.module()
+        allow_exported_model_train_eval(module)
+        return module, _contract_from_flags(None, input_size, channels, mean, std, None), info
     loaded = load_checkpoint(path)
     info.update({"format": "edgefuse.checkpoint", "model": loaded.spec, "metrics": loaded.metrics})
     contract = loaded.contract
@@ -262,7 +278,8 @@ def export_model(
     probe = torch.zeros(contract.input_shape)
     try:
         with torch.no_grad():
-            n_out = model.eval()(probe).shape[-1]
+            model.eval()
+            n_out = model(probe).shape[-1]
     except Exception as e:
         raise UsageError(f"the model does not accept a {tuple(probe.shape)} input ({str(e).splitlines()[0][:150]}); "
                          "check --input-size and --channels") from None

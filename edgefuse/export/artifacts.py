@@ -23,6 +23,7 @@ from edgefuse.data.contract import PreprocessContract
 from edgefuse.errors import ExportError, UsageError
 from edgefuse.export.onnx import DEFAULT_OPSET, export_onnx
 from edgefuse.export.onnx_checks import (
+    compact,
     reduce_mean_to_global_pool,
     set_metadata,
     strip_debug_metadata,
@@ -110,6 +111,7 @@ def _finish_onnx(path: Path, contract: PreprocessContract, precision: str, simpl
         "class_names": json.dumps(list(contract.class_names)),
     })
     model.producer_name = "edgefuse"
+    compact(model)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     summary = weight_summary(model)
@@ -185,7 +187,7 @@ def export_artifacts(
         tmp = Path(tempfile.mkdtemp(prefix=".edgefuse-export-", dir=out))
     except OSError as e:
         raise UsageError(f"cannot write to {out}: {e.strerror or e}") from None
-    model = model.eval()
+    model.eval()
     example = torch.zeros((batch or 1, *contract.input_shape[1:]))
     notes: list[str] = []
     arts: list[Artifact] = []

@@ -131,7 +131,7 @@ def quantize_ptq(
     Raises:
         DataError: no calibration data, or NaN/Inf in it.
     """
-    model = model.eval()
+    model.eval()  # (exported modules' patched eval() returns None, so never chain it)
     batches = _iterate(calibration)
     first = next(batches, None)
     if first is None:
@@ -223,7 +223,8 @@ def quantize_qat(
 
     from torch.nn import functional as F
 
-    model = copy.deepcopy(model).eval()
+    model = copy.deepcopy(model)
+    model.eval()
     n = len(train_data)
     if n == 0:
         raise DataError("QAT needs training data; the training split is empty")

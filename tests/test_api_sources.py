@@ -1,0 +1,59 @@
+"""Model sources other than model.pt: torch.export archives and factory + weights."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from edgefuse.api import load_model_source
+from edgefuse.errors import CheckpointError, UsageError
+from edgefuse.models import create_model
+
+
+def test_pt2_archive_needs_a_contract_and_exports(tmp_path):
+    torch.manual_seed(0)
+    m = create_model("resnet", 10, width=0.5).eval()
+    torch.export.save(torch.export.export(m, (torch.randn(1, 1, 32, 32),)), tmp_path / "static.pt2")
+    with pytest.raises(UsageError, match="fixed batch size"):
+        load_model_source(tmp_path / "static.pt2", input_size=32, channels=1)
+    ep = torch.export.export(m, (torch.randn(2, 1, 32, 32),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(ep, tmp_path / "m.pt2")
+    with pytest.raises(UsageError, match="--input-size"):
+        load_model_source(tmp_path / "m.pt2")
+    module, contract, info = load_model_source(tmp_path / "m.pt2", input_size=32, channels=1, mean=[0.3], std=[0.3])
+    assert info["format"] == "pt2" and contract.mean == (0.3,)
+    x = torch.randn(1, 1, 32, 32)
+    torch.testing.assert_close(module(x), m(x))
+    r = subprocess.run([sys.executable, "-m", "edgefuse.cli.main", "export", str(tmp_path / "m.pt2"), "--int8",
+                        "--input-size", "32", "--channels", "1", "--format", "onnx", "--out", str(tmp_path / "b"),
+                        "--calib-samples", "64", "--runs", "5", "--max-latency-ratio", "100", "--quiet"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "b" / "model.int8.onnx").exists()
+
+
+def test_corrupt_pt2(tmp_path):
+    (tmp_path / "bad.pt2").write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(CheckpointError, match="torch.export archive"):
+        load_model_source(tmp_path / "bad.pt2", input_size=32, channels=1)
+
+
+def test_factory_and_weights(tmp_path, monkeypatch):
+    (tmp_path / "userpkg_fac.py").write_text(
+        "from edgefuse.models import create_model\n"
+        "def build():\n    return create_model('fpn', 10, width=0.5)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    torch.manual_seed(0)
+    m = create_model("fpn", 10, width=0.5)
+    torch.save(m.state_dict(), tmp_path / "w.pt")
+    module, contract, info = load_model_source(tmp_path / "w.pt", factory="userpkg_fac:build", input_size=32, channels=1)
+    assert info["factory"] == "userpkg_fac:build" and contract.input_size == 32
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(module(x), m.eval()(x))
+    with pytest.raises(UsageError, match="package.module:function"):
+        load_model_source(tmp_path / "w.pt", factory="nocolon", input_size=32, channels=1)
+    torch.save(create_model("fpn", 10, width=1.0).state_dict(), tmp_path / "w2.pt")
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_model_source(tmp_path / "w2.pt", factory="userpkg_fac:build", input_size=32, channels=1)
