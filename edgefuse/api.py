@@ -140,15 +140,11 @@ def load_model_source(
     import torch
 
     from edgefuse.checkpoint import _short, load_checkpoint
-    from edgefuse.errors import CheckpointError, InputFileError, UsageError
+    from edgefuse.errors import CheckpointError, UsageError
 
-    path = Path(source)
-    if not path.exists():
-        raise InputFileError(f"model file not found: {path}")
-    if path.is_dir():
-        raise InputFileError(f"{path} is a folder, not a model file")
-    if path.stat().st_size == 0:
-        raise InputFileError(f"model file {path} is empty (0 bytes)")
+    from edgefuse._files import check_input_file
+
+    path = check_input_file(source)
     info = {"source": str(path)}
     if factory:
         mod_name, _, fn_name = factory.partition(":")

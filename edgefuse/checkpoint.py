@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from edgefuse.data.contract import PreprocessContract
-from edgefuse.errors import CheckpointError, EdgefuseError, InputFileError
+from edgefuse._files import check_input_file
+from edgefuse.errors import CheckpointError, EdgefuseError
 
 FORMAT = "edgefuse.checkpoint"
 FORMAT_VERSION = 1
@@ -85,13 +86,7 @@ def _plain(obj):
 
 def read_checkpoint(path: str | Path) -> dict:
     """Load the raw checkpoint dict safely (``weights_only=True``), with one-line errors."""
-    path = Path(path)
-    if not path.exists():
-        raise InputFileError(f"model file not found: {path}")
-    if path.is_dir():
-        raise InputFileError(f"{path} is a folder, not a model file")
-    if path.stat().st_size == 0:
-        raise InputFileError(f"model file {path} is empty (0 bytes)")
+    path = check_input_file(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

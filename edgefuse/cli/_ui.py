@@ -44,8 +44,3 @@ class RichProgress:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
-
-
-def fail(msg: str) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-

@@ -156,9 +156,10 @@ def _print_report(report, accuracy: dict | None = None) -> None:
     out.print(t)
     speed = (f"int8 is {report.speedup:.2f}x faster" if report.latency_ratio < 1
              else f"int8 is {report.latency_ratio:.2f}x SLOWER than fp32")
-    out.print(f"latency int8/fp32 = {report.latency_ratio:.3f} ({speed}); top-1 agreement {pct(report.agreement)}; "
-              f"output SQNR {report.sqnr_db:.1f} dB" if report.sqnr_db is not None else
-              f"latency int8/fp32 = {report.latency_ratio:.3f} ({speed})", highlight=False)
+    line = f"latency int8/fp32 = {report.latency_ratio:.3f} ({speed})"
+    if report.sqnr_db is not None:
+        line += f"; top-1 agreement {pct(report.agreement)}; output SQNR {report.sqnr_db:.1f} dB"
+    out.print(line, highlight=False)
     if report.accuracy_drop is not None:
         unit = "pp" if report.budgets.drop_type == "absolute" else "% relative"
         out.print(f"accuracy drop {report.accuracy_drop:.2f} {unit} on {report.data.get('samples')} images", highlight=False)

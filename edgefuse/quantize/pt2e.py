@@ -8,6 +8,7 @@ into QDQ int8.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Protocol
@@ -144,11 +145,7 @@ def quantize_ptq(
     seen = 0
     try:
         with torch.no_grad():
-            for x in [first] if first is not None else []:
-                prepared(x)
-                seen += len(x)
-                progress.advance("calibrate")
-            for x in batches:
+            for x in itertools.chain([first], batches):
                 prepared(x)
                 seen += len(x)
                 progress.advance("calibrate")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgefuse._files import check_input_file
 from edgefuse.errors import InputFileError
 
 MAX_MODEL_BYTES = 2 << 30
@@ -24,14 +25,7 @@ class OrtModel:
     def __init__(self, path: str | Path, threads: int = 1, *, optimized_path: str | None = None, profile: bool = False) -> None:
         import onnxruntime as ort
 
-        path = Path(path)
-        if not path.is_file():
-            raise InputFileError(f"model file not found: {path}")
-        size = path.stat().st_size
-        if size == 0:
-            raise InputFileError(f"model file {path} is empty (0 bytes)")
-        if size > MAX_MODEL_BYTES:
-            raise InputFileError(f"model file {path} is {size >> 20} MiB; the limit is {MAX_MODEL_BYTES >> 20} MiB")
+        path = check_input_file(path, max_bytes=MAX_MODEL_BYTES)
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1

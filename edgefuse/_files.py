@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgefuse.errors import InputFileError
+
+
+def check_input_file(path: str | Path, what: str = "model file", max_bytes: int | None = None) -> Path:
+    """Path of an existing, non-empty regular file (within ``max_bytes``), or a one-line InputFileError."""
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise InputFileError(f"{path} is a folder, not a {what}")
+    size = path.stat().st_size
+    if size == 0:
+        raise InputFileError(f"{what} {path} is empty (0 bytes)")
+    if max_bytes is not None and size > max_bytes:
+        raise InputFileError(f"{what} {path} is {size >> 20} MiB; the limit is {max_bytes >> 20} MiB")
+    return path
