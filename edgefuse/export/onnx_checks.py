@@ -70,29 +70,12 @@ def strip_debug_metadata(model: onnx.ModelProto) -> None:
 
 
 def compact(model: onnx.ModelProto) -> None:
-    """Drop what runtimes recompute: intermediate shapes (``value_info``) and all-zero zero points of
-    symmetric int8/int32 DequantizeLinear inputs (0 of the input's type is the default)."""
+    """Drop what runtimes recompute: intermediate shapes (``value_info``, re-added by onnxsim).
+
+    Zero points stay even where they are all zero: without them onnxruntime does not fuse a
+    DequantizeLinear -> Gemm pair into QGemm (measured; Conv fuses either way).
+    """
     del model.graph.value_info[:]
-    inits = {t.name: t for t in model.graph.initializer}
-    used: dict[str, int] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            used[i] = used.get(i, 0) + 1
-    drop = set()
-    for n in model.graph.node:
-        if n.op_type != "DequantizeLinear" or len(n.input) < 3:
-            continue
-        x, zp = inits.get(n.input[0]), inits.get(n.input[2])
-        if x is None or zp is None or x.data_type != zp.data_type:
-            continue
-        if x.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.INT32) and not onnx.numpy_helper.to_array(zp).any():
-            used[n.input[2]] -= 1
-            if used[n.input[2]] == 0:
-                drop.add(n.input[2])
-            del n.input[2]
-    kept = [t for t in model.graph.initializer if t.name not in drop]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
 
 
 def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
