@@ -166,6 +166,8 @@ def _print_report(report, accuracy: dict | None = None) -> None:
     if accuracy:
         out.print("PyTorch top-1: " + ", ".join(f"{k.replace('_pytorch', '')} {pct(v)}" for k, v in accuracy.items()),
                   highlight=False)
+    if report.extra.get("doctor"):
+        out.print("why int8 is not faster (edgefuse doctor):\n" + report.extra["doctor"], highlight=False)
     out.print(f"gate: {'[green]PASSED[/]' if report.passed else '[red]FAILED[/]'}")
 
 

@@ -90,7 +90,13 @@ def validate_models(
     ratio = lat["int8"]["median_ms"] / lat["fp32"]["median_ms"]
     size_f, size_q = Path(fp32_path).stat().st_size, Path(int8_path).stat().st_size
     v = versions()
-    return ValidationReport(
+    extra = {}
+    if ratio >= 1.0 and Path(int8_path).suffix == ".onnx":
+        # int8 is not faster: say why, next to the numbers (the same diagnosis as `edgefuse doctor`).
+        from edgefuse.validate.doctor import diagnose
+
+        extra["doctor"] = diagnose(int8_path, threads=threads, runs=20).summary()
+    report = ValidationReport(
         data={**(data_info or {}), "samples": samples},
         runtime={"onnxruntime": v.get("onnxruntime"), "threads": threads, "batch": 1, "cpu": cpu_name(),
                  "runs": runs, "warmup": warmup},
@@ -99,6 +105,8 @@ def validate_models(
         agreement=agree, sqnr_db=sq, size_ratio=size_q / size_f, latency_ratio=ratio, accuracy_drop=drop,
         budgets=budgets, failures=gate_failures(budgets, drop, ratio), versions=v,
     )
+    report.extra.update(extra)
+    return report
 
 
 def write_report(report: ValidationReport, out_dir: str | Path) -> tuple[Path, Path]:

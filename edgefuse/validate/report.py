@@ -132,9 +132,10 @@ class ValidationReport:
             f"- max latency ratio: {self.budgets.max_latency_ratio if self.budgets.max_latency_ratio is not None else 'not gated'}",
         ]
         lines += [f"- **{msg}**" for msg in self.failures]
-        for k, v in self.extra.items():
-            if k == "notes" and v:
-                lines += ["", "## Notes", ""] + [f"- {n}" for n in v]
+        if self.extra.get("doctor"):
+            lines += ["", "## Why int8 is not faster (edgefuse doctor)", "", self.extra["doctor"]]
+        if self.extra.get("notes"):
+            lines += ["", "## Notes", ""] + [f"- {n}" for n in self.extra["notes"]]
         return "\n".join(lines) + "\n"
 
 

@@ -85,3 +85,25 @@ def test_missing_and_corrupt_model_files(tmp_path, exported):
     (tmp_path / "junk.onnx").write_bytes(b"garbage" * 10)
     with pytest.raises(InputFileError, match="cannot load"):
         validate_models(f32, tmp_path / "junk.onnx", None, runs=1)
+
+
+def test_slower_int8_report_carries_doctor_summary(exported, monkeypatch):
+    # Timing is not what this tests: fix the medians so the rule "int8 not faster -> explain why" is exercised.
+    import edgefuse.validate.core as core
+
+    def timed(fp32_ms, int8_ms):
+        def fake(runners, runs, warmup, progress):
+            for r in runners.values():
+                r()  # the real sessions still run once
+            stat = lambda ms: {"median_ms": ms, "p90_ms": ms, "mean_ms": ms, "runs": runs}
+            return {"fp32": stat(fp32_ms), "int8": stat(int8_ms)}
+        return fake
+
+    res = exported["export"]
+    monkeypatch.setattr(core, "interleaved_latency", timed(1.0, 1.2))
+    slow = validate_models(res.path("onnx", "fp32"), res.path("onnx", "int8"), None, runs=5)
+    assert not slow.passed and "int8 ops" in slow.extra["doctor"]
+    assert "## Why int8 is not faster (edgefuse doctor)" in slow.to_markdown()
+    monkeypatch.setattr(core, "interleaved_latency", timed(1.2, 1.0))
+    fast = validate_models(res.path("onnx", "fp32"), res.path("onnx", "int8"), None, runs=5)
+    assert fast.passed and "doctor" not in fast.extra
