@@ -197,7 +197,15 @@ def load_model_source(
     info.update({"format": "edgefuse.checkpoint", "model": loaded.spec, "metrics": loaded.metrics})
     contract = loaded.contract
     if any(v is not None for v in (input_size, channels, mean, std)):
-        contract = _contract_from_flags(contract, input_size, channels, mean, std, None)
+        wanted = _contract_from_flags(contract, input_size, channels, mean, std, None)
+        if wanted != contract:
+            # Calibrating or evaluating with other preprocessing than training's is the classic silent
+            # int8 bug; the checkpoint's contract is authoritative.
+            raise UsageError(
+                f"{path} carries its preprocessing contract ({contract.input_size}x{contract.input_size}, "
+                f"{contract.channels} channel(s), mean {list(contract.mean)}, std {list(contract.std)}); "
+                "--input-size/--channels/--mean/--std may not change it (they describe .pt2 and --factory models)"
+            )
     return loaded.model, contract, info
 
 

@@ -57,3 +57,12 @@ def test_factory_and_weights(tmp_path, monkeypatch):
     torch.save(create_model("fpn", 10, width=1.0).state_dict(), tmp_path / "w2.pt")
     with pytest.raises(CheckpointError, match="does not match"):
         load_model_source(tmp_path / "w2.pt", factory="userpkg_fac:build", input_size=32, channels=1)
+
+
+def test_checkpoint_contract_cannot_be_overridden(tiny_checkpoint):
+    with pytest.raises(UsageError, match="carries its preprocessing contract"):
+        load_model_source(tiny_checkpoint, input_size=2)
+    # restating the same contract is fine
+    _, contract, _ = load_model_source(tiny_checkpoint)
+    _, same, _ = load_model_source(tiny_checkpoint, input_size=contract.input_size, channels=contract.channels)
+    assert same == contract
