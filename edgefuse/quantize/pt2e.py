@@ -230,9 +230,8 @@ def quantize_qat(
     with torch.no_grad():
         teacher = torch.cat([model(xs[i : i + 256]) for i in range(0, n, 256)]).softmax(1)
     model.train()
-    batch = torch.export.Dim("batch", min=1, max=4096)
+    gm = capture(model, xs[:1])
     with quiet():
-        gm = torch.export.export(model, (xs[:2],), dynamic_shapes=({0: batch},)).module()
         prepared = prepare_qat_pt2e(gm, EdgefuseQuantizer(config, is_qat=True))
     _ao.move_exported_model_to_train(prepared)
     opt = torch.optim.AdamW(prepared.parameters(), lr=qat.lr, weight_decay=0.0)
