@@ -11,6 +11,7 @@ import warnings
 _NOISY_LOGGERS = (
     "torchao", "torch.onnx", "torch.export", "torch._export", "torch.utils._pytree", "torch._dynamo",
     "torch.fx.experimental.symbolic_shapes", "onnxscript", "torch._subclasses",
+    "ort_format_model", "ort_format_model.utils", "usability_checker", "executorch",
 )
 
 
@@ -41,3 +42,42 @@ def import_pt2e():
     with quiet():
         import torchao.quantization.pt2e.quantize_pt2e as q  # noqa: F401
     return q
+
+
+@contextlib.contextmanager
+def quiet_native():
+    """Also silence native (C++) logging written straight to file descriptors 1 and 2.
+
+    ExecuTorch's runtime logs CPU probing and onnxruntime logs graph clean-ups there; neither is
+    useful to a user, and Python-level redirection cannot catch them. ``EDGEFUSE_DEBUG=1`` keeps them.
+    """
+    if os.environ.get("EDGEFUSE_DEBUG", "") not in ("", "0"):
+        yield
+        return
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    saved = []
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        yield
+        return
+    try:
+        for fd in (1, 2):
+            try:
+                saved.append((fd, os.dup(fd)))
+                os.dup2(devnull, fd)
+            except OSError:
+                pass
+        with quiet():
+            yield
+    finally:
+        for fd, copy in saved:
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(devnull)

@@ -91,6 +91,94 @@ def describe_checkpoint(path: str | Path) -> dict:
     }
 
 
+def _contract_rows(c) -> dict:
+    return {
+        "input": f"{c.input_name}: {c.channels}x{c.input_size}x{c.input_size} {c.layout}, {c.color}",
+        "preprocessing": {"resize": c.resize, "scale": round(c.scale, 8), "mean": list(c.mean), "std": list(c.std)},
+        "classes": list(c.class_names),
+    }
+
+
+def describe_artifact(path: str | Path) -> dict:
+    """What ``edgefuse inspect`` shows for any file edgefuse reads or writes.
+
+    ``model.pt`` checkpoints (model, parameters, MACs, contract, metrics); ``.onnx`` and ``.ort``
+    (contract from ``metadata_props``, shapes, precision, op mix); ``.pte`` (contract from the JSON
+    sidecar, shapes from ExecuTorch's runtime when installed); TorchScript files (size, hash, no
+    code is loaded). Nothing in the file is executed.
+
+    Raises:
+        InputFileError: missing, empty, corrupt or unknown file.
+    """
+    import json
+    import zipfile
+
+    from edgefuse._files import check_input_file
+    from edgefuse._versions import sha256_file
+    from edgefuse.data import PreprocessContract
+    from edgefuse.errors import InputFileError
+
+    p = check_input_file(path)
+    suffix = p.suffix.lower()
+    base = {"file": str(p), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+    if suffix == ".pt" and zipfile.is_zipfile(p):
+        with zipfile.ZipFile(p) as z:
+            names = z.namelist()
+        if any("/code/" in n for n in names):
+            return {"format": "TorchScript (server-side PyTorch; not loaded: loading runs its code)", **base}
+    if suffix in (".pt", ".pth"):
+        return {"format": "edgefuse checkpoint", **describe_checkpoint(p), **base}
+    if suffix in (".onnx", ".ort"):
+        from edgefuse.validate.runtime import OrtModel
+
+        m = OrtModel(p)
+        meta = m.metadata()
+        info = {"format": "ONNX" if suffix == ".onnx" else "ONNX Runtime Mobile (ORT format)",
+                "precision": meta.get("edgefuse.precision", "unknown"),
+                "input shape": [d if isinstance(d, int) else str(d) for d in m.input_shape],
+                "outputs": {o.name: [d if isinstance(d, int) else str(d) for d in o.shape]
+                            for o in m.session.get_outputs()}}
+        if "edgefuse.contract" in meta:
+            info.update(_contract_rows(PreprocessContract.from_dict(json.loads(meta["edgefuse.contract"]))))
+        else:
+            info["contract"] = "none (not exported by edgefuse: pass --input-size/--channels/--mean/--std)"
+        if suffix == ".onnx":
+            import onnx
+
+            from edgefuse.export.onnx_checks import weight_summary
+
+            try:
+                model = onnx.load(str(p), load_external_data=False)
+            except Exception as e:
+                raise InputFileError(f"{p}: not a readable ONNX file ({type(e).__name__})") from None
+            info["opset"] = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+            w = weight_summary(model)
+            info["weights"] = {"int8": w["int8_weights"], "fp32": w["float_weights"]}
+        info["edgefuse"] = meta.get("edgefuse.version", "")
+        return {**info, **base}
+    if suffix == ".pte":
+        from edgefuse.export.sidecar import read_sidecar
+
+        side = read_sidecar(p)
+        info = {"format": "ExecuTorch program (.pte)", "precision": side.get("precision"),
+                "input shape": side["input"]["shape"],
+                **_contract_rows(PreprocessContract.from_dict(side["contract"])),
+                "versions": side.get("versions", {})}
+        if side.get("sha256") and side["sha256"] != base["sha256"]:
+            info["warning"] = "the file's sha256 differs from its sidecar's: they do not belong together"
+        try:
+            from edgefuse.validate.runtime import PteModel
+
+            info["input shape (runtime)"] = PteModel(p).input_shape
+        except ImportError:
+            pass
+        except Exception as e:  # the extra is optional for inspecting
+            info["runtime"] = str(e)
+        return {**info, **base}
+    raise InputFileError(f"{p}: unknown file type {suffix or '(none)'}; inspect reads model.pt, .onnx, .ort, .pte "
+                         "and TorchScript files")
+
+
 # --------------------------------------------------------------------------------------------
 # Model sources: model.pt, .pt2, or a factory + weights
 # --------------------------------------------------------------------------------------------
@@ -255,6 +343,10 @@ def export_model(
     out = Path(out_dir)
     if (out / "manifest.json").exists() and not force:
         raise UsageError(f"{out} already holds exported artifacts; pass --force to replace them")
+    if "pte" in formats:
+        from edgefuse.quantize.xnnpack import require_executorch
+
+        require_executorch()  # before any work: a one-line error naming the extra
     model, contract, info = load_model_source(source, **(model_kwargs or {}))
     if quant_config is None:
         from edgefuse.quantize.targets import detect_target
@@ -291,7 +383,7 @@ def export_model(
         raise DataError(f"the model has {n_out} outputs but the data has {len(contract.class_names)} classes")
 
     result: dict = {"source": info, "accuracy": {}}
-    quantized = None
+    quantized = pte_quantized = None
     test_ds = ImageDataset(splits[eval_source].test, contract) if eval_source else None
     if test_ds is not None:
         result["accuracy"]["fp32_pytorch"] = _accuracy(model, test_ds)
@@ -305,33 +397,98 @@ def export_model(
             quantized = quantize_qat(model, calib_ds, quant_config, qat_config, progress=progress)
             if test_ds is not None:
                 result["accuracy"]["qat_pytorch"] = _accuracy(quantized.program, test_ds)
+        if "pte" in formats:
+            # ExecuTorch runs XNNPACK's int8 kernels: same calibration data and gate rules, XNNPACK's
+            # signed-int8 scheme.
+            from dataclasses import replace
+
+            xcfg = replace(quant_config, backend="xnnpack", activation_dtype="int8", reduce_range=False,
+                           target="xnnpack")
+            reader = TensorBatches(calib_ds, xcfg.calib_samples, xcfg.calib_batch_size)
+            pte_quantized = (quantize_qat(model, calib_ds, xcfg, qat_config, progress=progress) if qat_config
+                             else quantize_ptq(model, reader, xcfg, progress=progress))
+            if test_ds is not None:
+                result["accuracy"]["xnnpack_int8_pytorch"] = _accuracy(pte_quantized.program, test_ds)
     manifest_extra = {"source": {k: v for k, v in info.items() if k != "metrics"},
                       "data": {s: {"fingerprint": sp.fingerprint} for s, sp in splits.items()},
                       "seed": seed, "accuracy_pytorch": result["accuracy"]}
-    exported = export_artifacts(model, contract, out, quantized=quantized, formats=formats, batch=batch,
-                                opset=opset or DEFAULT_OPSET, force=force, manifest_extra=manifest_extra)
+    check_inputs = None
+    if test_ds is not None:
+        check_inputs = torch.stack([test_ds[i][0] for i in range(min(16, len(test_ds)))])
+    exported = export_artifacts(model, contract, out, quantized=quantized, pte_quantized=pte_quantized,
+                                formats=formats, batch=batch, opset=opset or DEFAULT_OPSET, force=force,
+                                check_inputs=check_inputs, manifest_extra=manifest_extra)
     result["export"] = exported
     result["report"] = None
-    fp32_onnx, int8_onnx = exported.path("onnx", "fp32"), exported.path("onnx", "int8")
-    if validate and int8 and fp32_onnx and int8_onnx:
-        report = validate_models(
-            fp32_onnx, int8_onnx, test_ds, threads=threads, runs=runs, budgets=budgets, progress=progress,
-            data_info={"source": eval_source, "split": "test"} if eval_source else {"source": None},
-        )
+    pairs = [(fmt, exported.path(fmt, "fp32"), exported.path(fmt, "int8")) for fmt in ("onnx", "ort", "pte")]
+    pairs = [p for p in pairs if p[1] and p[2]]
+    if validate and int8 and pairs:
+        data_info = {"source": eval_source, "split": "test"} if eval_source else {"source": None}
+        reports = {}
+        for fmt, fp32_file, int8_file in pairs:
+            reports[fmt] = validate_models(fp32_file, int8_file, test_ds, threads=threads, runs=runs, budgets=budgets,
+                                           progress=progress, data_info=data_info)
+        fmt0, report = next(iter(reports.items()))
         report.extra["accuracy_pytorch"] = result["accuracy"]
-        if quantized is not None and test_ds is not None:
-            from edgefuse.validate import OrtModel
-            from edgefuse.validate.metrics import agreement
-
-            xs = torch.stack([test_ds[i][0] for i in range(len(test_ds))])
-            with torch.no_grad():
-                pt = quantized.program(xs).numpy()
-            ort_int8 = OrtModel(int8_onnx, threads).run(xs.numpy())
-            report.extra["int8_pytorch_vs_onnxruntime_agreement"] = agreement(pt, ort_int8)
+        if len(reports) > 1:
+            report.extra["formats"] = {fmt: _format_summary(r) for fmt, r in reports.items()}
+            # Every file that ships is gated, not only the first.
+            report.failures.extend(f"{fmt}: {msg}" for fmt, r in reports.items() if fmt != fmt0 for msg in r.failures)
+        if test_ds is not None:
+            report.extra["pytorch_agreement"] = _agreement_with_pytorch(
+                exported, model, quantized, pte_quantized, test_ds, threads)
+            onnx_int8 = exported.path("onnx", "int8")
+            if onnx_int8 is not None:
+                report.extra["int8_pytorch_vs_onnxruntime_agreement"] = report.extra["pytorch_agreement"][onnx_int8.name]
+        delegation = {a.file: a.details["delegation"] for a in exported.artifacts if a.kind == "pte"}
+        usability = {a.file: a.details["mobile_usability"] for a in exported.artifacts if a.kind == "ort"}
+        if delegation:
+            report.extra["delegation"] = delegation
+        if usability:
+            report.extra["mobile_usability"] = usability
         report.extra["notes"] = exported.notes
         write_report(report, out)
         result["report"] = report
     return result
+
+
+def _format_summary(r) -> dict:
+    return {"engine": r.runtime.get("engine"), "fp32_file": Path(r.fp32.file).name, "int8_file": Path(r.int8.file).name,
+            "fp32_top1": r.fp32.top1, "int8_top1": r.int8.top1, "agreement": r.agreement,
+            "fp32_ms": r.fp32.latency["median_ms"], "int8_ms": r.int8.latency["median_ms"],
+            "latency_ratio": r.latency_ratio, "speedup": r.speedup, "size_ratio": r.size_ratio,
+            "passed": r.passed, "failures": list(r.failures)}
+
+
+def _agreement_with_pytorch(exported, model, quantized, pte_quantized, dataset, threads: int) -> dict[str, float]:
+    """Top-1 agreement of every runnable artifact with the PyTorch program it was exported from."""
+    import numpy as np
+    import torch
+
+    from edgefuse.validate.metrics import agreement
+    from edgefuse.validate.runtime import load_runtime
+
+    xs = np.stack([np.asarray(dataset[i][0], np.float32) for i in range(len(dataset))])
+    refs: dict[str, np.ndarray] = {}
+
+    def reference(key: str, module) -> np.ndarray:
+        if key not in refs:
+            with torch.no_grad():
+                refs[key] = torch.cat([module(torch.from_numpy(xs[i : i + 256])) for i in range(0, len(xs), 256)]).numpy()
+        return refs[key]
+
+    out: dict[str, float] = {}
+    for a in exported.artifacts:
+        if a.kind not in ("onnx", "ort", "pte"):
+            continue
+        if a.precision == "fp32":
+            ref = reference("fp32", model)
+        elif a.kind == "pte":
+            ref = reference("pte_int8", pte_quantized.program)
+        else:
+            ref = reference("int8", quantized.program)
+        out[a.file] = agreement(ref, load_runtime(exported.out_dir / a.file, threads).run(xs))
+    return out
 
 
 def validate_files(
@@ -348,14 +505,16 @@ def validate_files(
     contract_flags: dict | None = None,
     progress: Progress = NullProgress(),
 ):
-    """``edgefuse validate``: compare two model files on labelled data; write reports if ``out_dir``."""
+    """``edgefuse validate``: compare two model files (``.onnx``/``.ort`` or ``.pte``) on labelled data; write
+    reports if ``out_dir``."""
     import json
 
     from edgefuse.data import ImageDataset, PreprocessContract, load_data
     from edgefuse.errors import UsageError
-    from edgefuse.validate import Budgets, OrtModel, validate_models, write_report
+    from edgefuse.validate import Budgets, validate_models, write_report
+    from edgefuse.validate.runtime import load_runtime
 
-    meta = OrtModel(fp32).metadata()
+    meta = load_runtime(fp32).metadata()
     base = PreprocessContract.from_dict(json.loads(meta["edgefuse.contract"])) if "edgefuse.contract" in meta else None
     flags = {k: v for k, v in (contract_flags or {}).items() if v is not None}
     if base is None or flags:

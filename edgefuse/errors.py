@@ -24,6 +24,10 @@ class UnknownNameError(UsageError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class MissingExtraError(UsageError):
+    """A feature needs an optional dependency (``pip install 'edgefuse[extra]'``) that is not installed."""
+
+
 class InputFileError(EdgefuseError, OSError):
     """A file or folder given as input is missing, empty, corrupt or of the wrong kind."""
 

@@ -95,12 +95,15 @@ def train(
 
 
 @app.command()
-def inspect(path: Path = typer.Argument(..., help="A model.pt checkpoint."),
+def inspect(path: Path = typer.Argument(..., help="model.pt, .onnx, .ort, .pte (with its .json sidecar) or "
+                                                   "TorchScript file."),
             json_out: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
-    """Show what a model file holds: model, parameters, MACs, preprocessing, metrics."""
-    from edgefuse.api import describe_checkpoint
+    """Show what a model file holds and the preprocessing contract an app needs: input name, shape, layout,
+    channel order, scale, mean/std, class labels; for checkpoints also parameters, MACs and metrics.
+    Nothing in the file is executed."""
+    from edgefuse.api import describe_artifact
 
-    info = describe_checkpoint(path)
+    info = describe_artifact(path)
     if json_out:
         import json
 
@@ -141,7 +144,9 @@ def _print_report(report, accuracy: dict | None = None) -> None:
     def pct(v):
         return "—" if v is None else f"{100 * v:.2f}%"
 
-    t = Table(title="fp32 vs int8 in onnxruntime (CPU, batch 1, "
+    engine = report.runtime.get("engine", "onnxruntime")
+    kind = Path(report.int8.file).suffix
+    t = Table(title=f"fp32 vs int8 {kind} in {engine} (CPU, batch 1, "
                     f"{report.runtime['threads']} thread(s), {report.fp32.latency['runs']} interleaved runs)",
               title_justify="left")
     t.add_column("")
@@ -166,6 +171,26 @@ def _print_report(report, accuracy: dict | None = None) -> None:
     if accuracy:
         out.print("PyTorch top-1: " + ", ".join(f"{k.replace('_pytorch', '')} {pct(v)}" for k, v in accuracy.items()),
                   highlight=False)
+    formats = report.extra.get("formats")
+    if formats:
+        t = Table(title="every shipped format, each in its own runtime", title_justify="left")
+        for c in ("format", "runtime", "fp32 top-1", "int8 top-1", "agreement", "fp32 ms", "int8 ms", "int8 speed-up",
+                  "gate"):
+            t.add_column(c, justify="left" if c in ("format", "runtime", "gate") else "right")
+        for fmt, r in formats.items():
+            t.add_row(fmt, r["engine"], pct(r["fp32_top1"]), pct(r["int8_top1"]), pct(r["agreement"]),
+                      f"{r['fp32_ms']:.3f}", f"{r['int8_ms']:.3f}",
+                      f"{r['speedup']:.2f}x" if r["latency_ratio"] < 1 else f"[red]{r['speedup']:.2f}x[/]",
+                      "[green]passed[/]" if r["passed"] else "[red]FAILED[/]")
+        out.print(t)
+    for f, d in report.extra.get("delegation", {}).items():
+        left = ", ".join(f"{op} x{n}" for op, n in d["portable_ops"].items()) or "nothing"
+        out.print(f"{f}: XNNPACK runs {d['delegated_nodes']}/{d['delegated_nodes'] + d['portable_nodes']} nodes; "
+                  f"portable kernels: {left}", highlight=False)
+    agree = report.extra.get("pytorch_agreement")
+    if agree:
+        worst = min(agree, key=agree.get)
+        out.print(f"every artifact vs PyTorch: top-1 agreement >= {pct(agree[worst])} (lowest: {worst})", highlight=False)
     if report.extra.get("doctor"):
         out.print("why int8 is not faster (edgefuse doctor):\n" + report.extra["doctor"], highlight=False)
     out.print(f"gate: {'[green]PASSED[/]' if report.passed else '[red]FAILED[/]'}")
@@ -196,7 +221,10 @@ def export(
     qat: bool = typer.Option(False, "--qat", help="Quantization-aware fine-tuning instead of PTQ alone."),
     epochs: int = typer.Option(3, help="QAT epochs."),
     qat_lr: float = typer.Option(5e-5, help="QAT learning rate."),
-    formats: str = typer.Option("onnx,torchscript", "--format", help="Comma-separated: onnx, torchscript."),
+    formats: str = typer.Option("onnx,ort,torchscript", "--format",
+                                help="Comma-separated: onnx (QDQ int8), ort (ONNX Runtime Mobile, fixed batch, with "
+                                     "required_operators.config), pte (ExecuTorch + XNNPACK; needs "
+                                     "`pip install 'edgefuse[executorch]'`), torchscript (server-side only)."),
     batch: Optional[int] = typer.Option(None, help="Fixed batch size (default: dynamic batch dimension)."),
     opset: int = typer.Option(18, help="ONNX opset."),
     max_drop: Optional[float] = typer.Option(None, help="Gate: largest top-1 drop of int8 vs fp32 (percentage points)."),
@@ -216,8 +244,9 @@ def export(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or table."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
-    """Export ONNX and TorchScript artifacts; with --int8 quantize (torchao PT2E), then validate fp32 vs int8 in
-    onnxruntime and apply the gate (exit 1 when --max-drop or --max-latency-ratio is exceeded)."""
+    """Export ONNX, ONNX Runtime Mobile (.ort), ExecuTorch (.pte) and TorchScript artifacts; with --int8 quantize
+    (torchao PT2E), then validate fp32 vs int8 of every shipped format in its own runtime and apply the gate
+    (exit 1 when --max-drop or --max-latency-ratio is exceeded for any of them)."""
     from edgefuse.api import export_model
     from edgefuse.export import parse_formats
     from edgefuse.quantize import QATConfig, QuantConfig
@@ -266,8 +295,8 @@ def export(
 
 @app.command()
 def validate(
-    fp32: Path = typer.Option(..., help="fp32 model (.onnx)."),
-    int8: Path = typer.Option(..., help="int8 model (.onnx)."),
+    fp32: Path = typer.Option(..., help="fp32 model: .onnx or .ort (onnxruntime) or .pte (ExecuTorch)."),
+    int8: Path = typer.Option(..., help="int8 model of the same kind as --fp32."),
     data: Optional[str] = typer.Option(None, help="Labelled data: digits, image folder or .npz (omit: latency and size only)."),
     split: str = typer.Option("test", help="Split to evaluate on: train, val or test."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for report.json and report.md."),
@@ -284,7 +313,8 @@ def validate(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
-    """Compare fp32 and int8 models in onnxruntime on the CPU: accuracy, agreement, SQNR, size, latency.
+    """Compare fp32 and int8 model files in their runtime on the CPU (onnxruntime for .onnx/.ort, ExecuTorch for
+    .pte): accuracy, agreement, SQNR, size, latency.
     Exit 0 when every budget holds, 1 when one is exceeded, 2 on bad input."""
     from edgefuse.api import validate_files
     from edgefuse.validate import Budgets

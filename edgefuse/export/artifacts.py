@@ -30,7 +30,9 @@ from edgefuse.export.onnx_checks import (
     weight_summary,
 )
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "ort", "pte", "torchscript")
+#: Formats whose files a phone runtime loads; they get a fixed batch and a JSON contract sidecar.
+MOBILE_FORMATS = ("ort", "pte")
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 
@@ -103,6 +105,10 @@ def _finish_onnx(path: Path, contract: PreprocessContract, precision: str, simpl
                 details["onnxsim"] = "skipped: simplified model failed its check"
         except Exception as e:  # onnxsim is an optimisation; never fail an export on it
             details["onnxsim"] = f"skipped: {type(e).__name__}"
+    # onnxsim records its own run in metadata_props; artifacts carry only the contract.
+    kept = [p for p in model.metadata_props if not p.key.startswith("onnxsim.")]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
     details["global_pools"] = reduce_mean_to_global_pool(model)
     set_metadata(model, {
         "edgefuse.contract": contract.to_json(),
@@ -144,40 +150,64 @@ def _cpu_record() -> dict:
     return {"name": cpu_name(), "detected_target": t.name, "why": t.why}
 
 
+def _mobile_sidecar(tmp: Path, a: Artifact, contract: PreprocessContract, input_shape: list[int]) -> Artifact:
+    from edgefuse.export.sidecar import sidecar_dict, sidecar_path
+
+    v = versions()
+    runtime_keys = {"ort": ("onnxruntime",), "pte": ("executorch", "torch")}[a.kind]
+    data = sidecar_dict(a.file, a.kind, a.precision, contract, input_shape, sha256_file(tmp / a.file),
+                        {k: v[k] for k in ("edgefuse", *runtime_keys) if k in v})
+    path = sidecar_path(tmp / a.file)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return Artifact(path.name, "sidecar", a.precision, details={"for": a.file})
+
+
 def export_artifacts(
     model: nn.Module,
     contract: PreprocessContract,
     out_dir: str | Path,
     *,
     quantized=None,
-    formats: tuple[str, ...] = FORMATS,
+    pte_quantized=None,
+    formats: tuple[str, ...] = ("onnx", "torchscript"),
     batch: int | None = None,
     opset: int = DEFAULT_OPSET,
     simplify: bool = True,
     force: bool = False,
+    check_inputs: torch.Tensor | None = None,
     manifest_extra: dict | None = None,
 ) -> ExportResult:
     """Export fp32 (and, given ``quantized``, int8) artifacts of ``model`` into ``out_dir``.
 
     Args:
         model: the fp32 model (eval mode is set).
-        contract: preprocessing contract, stored in every ONNX file's ``metadata_props``.
+        contract: preprocessing contract, stored in every ONNX file's ``metadata_props`` and in a
+            ``<file>.json`` sidecar next to every ``.ort`` and ``.pte`` file.
         out_dir: target folder; refused if it already holds a manifest unless ``force``.
-        quantized: a :class:`edgefuse.quantize.QuantizedModel` for the int8 artifacts.
-        formats: ``onnx`` and/or ``torchscript``.
-        batch: fixed batch size; ``None`` exports a dynamic batch dimension.
+        quantized: a :class:`edgefuse.quantize.QuantizedModel` for the int8 ONNX/ORT/TorchScript artifacts.
+        pte_quantized: the int8 program for ``pte`` (quantized with ``backend="xnnpack"``).
+        formats: any of ``onnx``, ``ort`` (ONNX Runtime Mobile), ``pte`` (ExecuTorch/XNNPACK), ``torchscript``.
+        batch: fixed batch size; ``None`` exports ONNX/TorchScript with a dynamic batch dimension and
+            mobile formats (which need static shapes) with batch 1.
         opset: ONNX opset.
         simplify: run onnxsim (and keep its result only where it keeps int8 weights int8).
         force: replace existing artifacts.
+        check_inputs: a few preprocessed inputs for the load-back checks of mobile files (default: noise).
         manifest_extra: extra manifest entries (source model, quantization report...).
 
     Raises:
         UsageError: bad arguments or an occupied output folder.
+        MissingExtraError: ``pte`` without the ``executorch`` extra.
         ExportError: an artifact could not be produced or failed its check.
     """
     out = Path(out_dir)
+    formats = parse_formats(list(formats))
     if batch is not None and batch < 1:
         raise UsageError(f"--batch must be >= 1, got {batch}")
+    if "pte" in formats:
+        from edgefuse.quantize.xnnpack import require_executorch
+
+        require_executorch()
     if out.exists() and not out.is_dir():
         raise UsageError(f"output {out} exists and is not a folder")
     if (out / MANIFEST).exists() and not force:
@@ -189,21 +219,63 @@ def export_artifacts(
         raise UsageError(f"cannot write to {out}: {e.strerror or e}") from None
     model.eval()
     example = torch.zeros((batch or 1, *contract.input_shape[1:]))
+    mobile_batch = batch or 1
+    mobile_shape = [mobile_batch, *contract.input_shape[1:]]
+    if check_inputs is None:
+        check_inputs = torch.randn((8, *contract.input_shape[1:]), generator=torch.Generator().manual_seed(0))
     notes: list[str] = []
     arts: list[Artifact] = []
     variants = [("fp32", model)]
     if quantized is not None:
         variants.append(("int8", quantized.program))
+    # ORT files are converted from the ONNX files: build those even when only "ort" ships.
+    build = [f for f in FORMATS if f in formats or (f == "onnx" and "ort" in formats)]
     try:
-        for fmt in formats:
-            for precision, module in variants:
-                if fmt == "onnx":
+        for fmt in build:
+            if fmt == "onnx":
+                for precision, module in variants:
                     name = f"model.{precision}.onnx"
                     export_onnx(module, (example,), tmp / name, input_names=[contract.input_name],
                                 output_names=["logits"], dynamic_batch=batch is None, opset=opset)
                     details = _finish_onnx(tmp / name, contract, precision, simplify, notes)
                     arts.append(Artifact(name, "onnx", precision, details=details))
-                elif fmt == "torchscript":
+            elif fmt == "ort":
+                from edgefuse.export.ort_mobile import (
+                    REQUIRED_OPERATORS,
+                    compare_with_onnx,
+                    convert_to_ort,
+                    mobile_usability,
+                    required_operators,
+                )
+
+                sources = [tmp / a.file for a in arts if a.kind == "onnx"]
+                ort_files, config = convert_to_ort(sources, tmp, mobile_batch)
+                for src, ort_file, (precision, _) in zip(sources, ort_files, variants):
+                    parity = compare_with_onnx(ort_file, src, check_inputs.numpy())
+                    if parity["top1_agreement"] < 0.99:
+                        raise ExportError(f"{ort_file.name} disagrees with {src.name} on "
+                                          f"{100 * (1 - parity['top1_agreement']):.1f}% of the check inputs")
+                    a = Artifact(ort_file.name, "ort", precision, details={
+                        "batch": mobile_batch, "converted_from": src.name, "optimization": "all, target arm",
+                        "parity_with_onnx": parity, "mobile_usability": mobile_usability(src, mobile_batch)})
+                    arts += [a, _mobile_sidecar(tmp, a, contract, mobile_shape)]
+                arts.append(Artifact(REQUIRED_OPERATORS, "ort-operators", "any", details={
+                    "operators": required_operators(config),
+                    "use": "onnxruntime reduced build: build.py --minimal_build --include_ops_by_config " + REQUIRED_OPERATORS}))
+            elif fmt == "pte":
+                from edgefuse.export.executorch_pte import export_pte
+
+                pte_variants = [("fp32", model)]
+                if pte_quantized is not None:
+                    pte_variants.append(("int8", pte_quantized.program))
+                mobile_example = torch.zeros(mobile_shape)
+                for precision, module in pte_variants:
+                    name = f"model.{precision}.pte"
+                    details = export_pte(module, mobile_example, tmp / name)
+                    a = Artifact(name, "pte", precision, details=details)
+                    arts += [a, _mobile_sidecar(tmp, a, contract, mobile_shape)]
+            elif fmt == "torchscript":
+                for precision, module in variants:
                     name = f"model.{precision}.torchscript.pt"
                     try:
                         _torchscript(module, example, tmp / name)
@@ -214,6 +286,8 @@ def export_artifacts(
                             raise ExportError(f"TorchScript export failed: {str(e).splitlines()[0][:200]}") from e
                         (tmp / name).unlink(missing_ok=True)
                         notes.append(f"int8 TorchScript not produced: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
+        if "onnx" not in formats:
+            arts = [a for a in arts if a.kind != "onnx"]
         for a in arts:
             p = tmp / a.file
             a.bytes, a.sha256 = p.stat().st_size, sha256_file(p)
@@ -223,10 +297,15 @@ def export_artifacts(
             "versions": versions(),
             "contract": contract.to_dict(),
             "export": {"formats": list(formats), "opset": opset, "batch": batch if batch else "dynamic",
+                       "mobile_batch": mobile_batch if set(formats) & set(MOBILE_FORMATS) else None,
                        "simplify": simplify},
             "quantization": None if quantized is None else {
                 "method": quantized.method, "config": quantized.config.to_dict(),
                 "calib_samples": quantized.calib_samples, "qat_history": quantized.history,
+            },
+            "quantization_pte": None if pte_quantized is None else {
+                "method": pte_quantized.method, "config": pte_quantized.config.to_dict(),
+                "calib_samples": pte_quantized.calib_samples,
             },
             "cpu": _cpu_record(),
             "artifacts": [asdict(a) for a in arts],

@@ -70,12 +70,28 @@ def strip_debug_metadata(model: onnx.ModelProto) -> None:
 
 
 def compact(model: onnx.ModelProto) -> None:
-    """Drop what runtimes recompute: intermediate shapes (``value_info``, re-added by onnxsim).
+    """Drop what runtimes recompute or never read: intermediate shapes (``value_info``, re-added by
+    onnxsim) and unused initializers.
 
     Zero points stay even where they are all zero: without them onnxruntime does not fuse a
     DequantizeLinear -> Gemm pair into QGemm (measured; Conv fuses either way).
     """
     del model.graph.value_info[:]
+    # Rewrites (ReduceMean -> GlobalAveragePool) orphan their axes constants; drop initializers no node reads.
+    used = {o.name for o in model.graph.output}
+
+    def visit(graph: onnx.GraphProto) -> None:  # control-flow subgraphs read outer initializers too
+        for n in graph.node:
+            used.update(n.input)
+            for attr in n.attribute:
+                for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    visit(g)
+
+    visit(model.graph)
+    kept = [t for t in model.graph.initializer if t.name in used]
+    if len(kept) != len(model.graph.initializer):
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
 
 
 def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from edgefuse.errors import UsageError
 
 CALIBRATION_METHODS = ("minmax", "moving_average", "histogram")
+BACKENDS = ("onnxruntime", "xnnpack")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class QuantConfig:
         reduce_range: 7-bit weights (for x86 CPUs without VNNI, whose u8 x s8 pair sums saturate int16).
         exclude: regular expressions over module paths (``stages.2.0.fusion``) kept in fp32.
         target: CPU preset name the dtype/range came from (recorded in the manifest).
+        backend: whose int8 kernels the graph is annotated for: ``onnxruntime`` (QDQ ONNX, edgefuse's
+            quantizer) or ``xnnpack`` (ExecuTorch ``.pte``: XNNPACK's quantizer plus edgefuse's gate
+            rules; signed int8 activations).
     """
 
     per_channel: bool = True
@@ -39,6 +43,7 @@ class QuantConfig:
     reduce_range: bool = False
     exclude: tuple[str, ...] = field(default=())
     target: str = "x86-vnni"
+    backend: str = "onnxruntime"
 
     def __post_init__(self) -> None:
         if self.calibration not in CALIBRATION_METHODS:
@@ -49,6 +54,10 @@ class QuantConfig:
             raise UsageError("calibration samples and batch size must be >= 1")
         if self.activation_dtype not in ("uint8", "int8"):
             raise UsageError(f"activation dtype must be uint8 or int8, got {self.activation_dtype!r}")
+        if self.backend not in BACKENDS:
+            raise UsageError(f"unknown quantization backend {self.backend!r}; choose one of: {', '.join(BACKENDS)}")
+        if self.backend == "xnnpack" and (self.activation_dtype != "int8" or self.reduce_range):
+            raise UsageError("the xnnpack backend takes signed int8 activations and full-range weights")
         object.__setattr__(self, "exclude", tuple(self.exclude))
         for pattern in self.exclude:
             try:

@@ -69,6 +69,15 @@ class TensorBatches:
         self._pos = 0
 
 
+def make_quantizer(config: QuantConfig, is_qat: bool = False):
+    """The PT2E quantizer for ``config.backend``."""
+    if config.backend == "xnnpack":
+        from edgefuse.quantize.xnnpack import xnnpack_quantizer
+
+        return xnnpack_quantizer(config, is_qat)
+    return EdgefuseQuantizer(config, is_qat=is_qat)
+
+
 def _convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
     with quiet():
         program = convert_pt2e(prepared)
@@ -139,7 +148,7 @@ def quantize_ptq(
         raise DataError("calibration data is empty")
     gm = capture(model, first[:1])
     with quiet():
-        prepared = prepare_pt2e(gm, EdgefuseQuantizer(config))
+        prepared = prepare_pt2e(gm, make_quantizer(config))
     total = len(calibration) if hasattr(calibration, "__len__") else 0
     progress.start("calibrate", total)
     seen = 0
@@ -232,7 +241,7 @@ def quantize_qat(
     model.train()
     gm = capture(model, xs[:1])
     with quiet():
-        prepared = prepare_qat_pt2e(gm, EdgefuseQuantizer(config, is_qat=True))
+        prepared = prepare_qat_pt2e(gm, make_quantizer(config, is_qat=True))
     _ao.move_exported_model_to_train(prepared)
     opt = torch.optim.AdamW(prepared.parameters(), lr=qat.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(qat.seed)

@@ -12,7 +12,7 @@ from edgefuse.progress import NullProgress, Progress
 from edgefuse.validate.latency import interleaved_latency
 from edgefuse.validate.metrics import agreement, sqnr_db, topk_accuracy
 from edgefuse.validate.report import Budgets, ModelResult, ValidationReport, drop_of, gate_failures
-from edgefuse.validate.runtime import OrtModel
+from edgefuse.validate.runtime import OrtModel, PteModel, load_runtime
 
 
 def _stream_logits(models: list[OrtModel], dataset, batch_size: int = 64):
@@ -43,10 +43,11 @@ def validate_models(
     latency_input: np.ndarray | None = None,
     progress: Progress = NullProgress(),
 ) -> ValidationReport:
-    """Compare an fp32 and an int8 model file in onnxruntime on the CPU.
+    """Compare an fp32 and an int8 model file on the CPU, in the runtime that ships them.
 
     Args:
-        fp32_path, int8_path: ``.onnx`` (or ``.ort``) files.
+        fp32_path, int8_path: ``.onnx`` or ``.ort`` files (onnxruntime), or ``.pte`` programs (ExecuTorch
+            with XNNPACK); both of the same kind.
         dataset: indexable of ``(input CHW float32, label)``, preprocessed by the models' contract;
             ``None`` skips accuracy (latency and size only).
         data_info: description of the data for the report (source, split).
@@ -60,7 +61,11 @@ def validate_models(
     """
     if runs < 1 or warmup < 0:
         raise DataError("latency runs must be >= 1 and warm-up >= 0")
-    fp32, int8 = OrtModel(fp32_path, threads), OrtModel(int8_path, threads)
+    kinds = {Path(fp32_path).suffix.lower() == ".pte", Path(int8_path).suffix.lower() == ".pte"}
+    if len(kinds) != 1:
+        raise DataError("compare files of the same runtime: both .onnx/.ort or both .pte")
+    fp32, int8 = load_runtime(fp32_path, threads), load_runtime(int8_path, threads)
+    engine = "executorch" if isinstance(fp32, PteModel) else "onnxruntime"
     top1 = {"fp32": None, "int8": None}
     top5 = {"fp32": None, "int8": None}
     agree = sq = drop = None
@@ -98,7 +103,8 @@ def validate_models(
         extra["doctor"] = diagnose(int8_path, threads=threads, runs=20).summary()
     report = ValidationReport(
         data={**(data_info or {}), "samples": samples},
-        runtime={"onnxruntime": v.get("onnxruntime"), "threads": threads, "batch": 1, "cpu": cpu_name(),
+        runtime={"engine": engine, "engine_version": v.get(engine), "onnxruntime": v.get("onnxruntime"),
+                 "threads": threads, "batch": 1, "cpu": cpu_name(),
                  "runs": runs, "warmup": warmup},
         fp32=ModelResult(str(fp32_path), "fp32", size_f, top1["fp32"], top5["fp32"], lat["fp32"]),
         int8=ModelResult(str(int8_path), "int8", size_q, top1["int8"], top5["int8"], lat["int8"]),

@@ -104,7 +104,8 @@ class ValidationReport:
             "# edgefuse validation report",
             "",
             f"Data: {self.data.get('source')} ({self.data.get('split')} split, {self.data.get('samples')} images). "
-            f"Runtime: onnxruntime {self.runtime.get('onnxruntime')} CPU, {self.runtime.get('threads')} thread(s), "
+            f"Runtime: {self.runtime.get('engine', 'onnxruntime')} {self.runtime.get('engine_version') or self.runtime.get('onnxruntime')} "
+            f"CPU, {self.runtime.get('threads')} thread(s), "
             f"batch 1, {f.latency.get('runs')} interleaved runs. CPU: {self.runtime.get('cpu')}.",
             "",
             "| | fp32 | int8 |",
@@ -132,6 +133,31 @@ class ValidationReport:
             f"- max latency ratio: {self.budgets.max_latency_ratio if self.budgets.max_latency_ratio is not None else 'not gated'}",
         ]
         lines += [f"- **{msg}**" for msg in self.failures]
+        if self.extra.get("formats"):
+            lines += ["", "## Every shipped format", "",
+                      "| format | runtime | fp32 top-1 | int8 top-1 | agreement | fp32 ms | int8 ms | int8 speed-up | gate |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for fmt, r in self.extra["formats"].items():
+                lines.append(
+                    f"| {fmt} | {r['engine']} | {pct(r['fp32_top1'])} | {pct(r['int8_top1'])} | {pct(r['agreement'])} | "
+                    f"{r['fp32_ms']:.3f} | {r['int8_ms']:.3f} | {r['speedup']:.2f}× | "
+                    f"{'passed' if r['passed'] else 'FAILED'} |")
+        if self.extra.get("pytorch_agreement"):
+            lines += ["", "## Each artifact against PyTorch (top-1 agreement on the evaluation split)", ""]
+            lines += [f"- `{f}`: {pct(v)}" for f, v in self.extra["pytorch_agreement"].items()]
+        if self.extra.get("delegation"):
+            lines += ["", "## ExecuTorch: what XNNPACK runs", ""]
+            for f, d in self.extra["delegation"].items():
+                left = ", ".join(f"{op} ×{n}" for op, n in d["portable_ops"].items()) or "none"
+                lines.append(f"- `{f}`: {d['delegated_nodes']} of {d['delegated_nodes'] + d['portable_nodes']} nodes "
+                             f"in {d['delegated_subgraphs']} XNNPACK subgraph(s); left to portable kernels: {left}")
+        if self.extra.get("mobile_usability"):
+            lines += ["", "## ONNX Runtime Mobile: NNAPI / CoreML usability", ""]
+            for f, u in self.extra["mobile_usability"].items():
+                verdicts = ", ".join(f"{ep} {r['verdict']} ({r['supported_nodes']}/{r['nodes']} nodes, "
+                                     f"{r['partitions']} partitions)" for ep, r in u.items() if ep != "limit")
+                lines.append(f"- `{f}`: {verdicts}")
+            lines.append(f"- limit: {next(iter(self.extra['mobile_usability'].values()))['limit']}")
         if self.extra.get("doctor"):
             lines += ["", "## Why int8 is not faster (edgefuse doctor)", "", self.extra["doctor"]]
         if self.extra.get("notes"):

@@ -64,3 +64,68 @@ class OrtModel:
 
     def end_profiling(self) -> str:
         return self.session.end_profiling()
+
+
+class PteModel:
+    """An ExecuTorch program (``.pte``) in ExecuTorch's runtime, with the same ``run`` as :class:`OrtModel`.
+
+    ``.pte`` programs have a static batch (mobile runtimes plan their memory ahead); ``run`` splits
+    or pads batches to it. Needs the ``executorch`` extra.
+    """
+
+    def __init__(self, path: str | Path, threads: int = 1) -> None:
+        from edgefuse._quiet import quiet_native
+        from edgefuse.quantize.xnnpack import require_executorch
+
+        require_executorch()
+        path = check_input_file(path, max_bytes=MAX_MODEL_BYTES)
+        try:
+            with quiet_native():
+                from executorch.extension.pybindings import portable_lib
+                from executorch.runtime import Runtime
+
+                # XNNPACK's thread pool is process-wide: size it as asked (1 = one phone core).
+                portable_lib._unsafe_reset_threadpool(max(1, int(threads)))
+                program = Runtime.get().load_program(str(path))
+                self.method = program.load_method("forward")
+        except Exception as e:
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise InputFileError(f"ExecuTorch cannot load {path}: {first}") from None
+        self.path = path
+        meta = self.method.metadata
+        info = meta.input_tensor_meta(0)
+        self.input_name = "input"
+        self.input_shape = list(info.sizes())
+        self.fixed_batch = self.input_shape[0]
+
+    def metadata(self) -> dict[str, str]:
+        """The sidecar contract (``<file>.json``) flattened like ONNX ``metadata_props``."""
+        from edgefuse.export.sidecar import read_sidecar_metadata
+
+        return read_sidecar_metadata(self.path)
+
+    def _run1(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        return self.method.execute([torch.from_numpy(x)])[0].numpy()
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        b, outs = self.fixed_batch, []
+        for i in range(0, len(x), b):
+            chunk = x[i : i + b]
+            n = len(chunk)
+            if n < b:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - n, axis=0)])
+            outs.append(self._run1(np.ascontiguousarray(chunk))[:n])
+        return np.concatenate(outs)
+
+
+def load_runtime(path: str | Path, threads: int = 1):
+    """The runtime session for a model file: onnxruntime for ``.onnx``/``.ort``, ExecuTorch for ``.pte``."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".pte":
+        return PteModel(path, threads)
+    if suffix in (".onnx", ".ort"):
+        return OrtModel(path, threads)
+    raise InputFileError(f"{path}: unknown model file type {suffix or '(none)'}; expected .onnx, .ort or .pte")

@@ -1,0 +1,97 @@
+"""ExecuTorch ``.pte`` programs lowered to XNNPACK, checked in ExecuTorch's own runtime.
+
+``torch.export`` (static batch: mobile runtimes plan memory ahead) -> ``to_edge_transform_and_lower``
+with the XNNPACK partitioner -> ``.pte``. The int8 program comes from :mod:`edgefuse.quantize` with
+``backend="xnnpack"``. Every op XNNPACK does not take runs in ExecuTorch's portable kernels; the
+delegation summary lists them, because each one is a slow spot on the phone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from edgefuse._quiet import quiet_native
+from edgefuse.errors import ExportError
+
+_SKIP = {"getitem", "executorch_call_delegate"}
+
+
+def _op_name(node) -> str:
+    name = getattr(node.target, "__name__", str(node.target))
+    return re.sub(r"^(aten|quantized_decomposed|dim_order_ops)\.", r"\1::", name.split("executorch_exir_dialects_edge__ops_")[-1])
+
+
+def delegation_summary(graph_module: torch.fx.GraphModule) -> dict:
+    """How much of a lowered program XNNPACK runs: delegated subgraphs and nodes, and every op left out."""
+    delegated = 0
+    subgraphs = 0
+    left: Counter = Counter()
+    for node in graph_module.graph.nodes:
+        if node.op == "get_attr" and node.name.startswith("lowered_module_"):
+            subgraphs += 1
+            lowered = getattr(graph_module, node.name)
+            delegated += sum(1 for n in lowered.original_module.graph.nodes if n.op == "call_function")
+        elif node.op == "call_function":
+            op = _op_name(node)
+            if not any(s in op for s in _SKIP):
+                left[op] += 1
+    total = delegated + sum(left.values())
+    return {
+        "backend": "XnnpackBackend",
+        "delegated_subgraphs": subgraphs,
+        "delegated_nodes": delegated,
+        "portable_nodes": sum(left.values()),
+        "delegated_fraction": delegated / total if total else 0.0,
+        "portable_ops": dict(sorted(left.items())),
+    }
+
+
+def export_pte(module: torch.nn.Module, example: torch.Tensor, path: str | Path) -> dict:
+    """Lower ``module`` (fp32 ``nn.Module`` or a converted PT2E int8 program) to an XNNPACK ``.pte``.
+
+    Args:
+        module: the model; its input shape is fixed to ``example``'s.
+        example: one input batch (its batch size is the program's).
+        path: where to write the ``.pte``.
+
+    Returns:
+        Details for the manifest: the delegation summary and the check against PyTorch.
+
+    Raises:
+        MissingExtraError: ExecuTorch is not installed.
+        ExportError: lowering failed, or the program does not load or match in ExecuTorch's runtime.
+    """
+    from edgefuse.quantize.xnnpack import require_executorch
+
+    require_executorch()
+    path = Path(path)
+    try:
+        with quiet_native():
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+            from executorch.exir import to_edge_transform_and_lower
+
+            ep = torch.export.export(module, (example,))
+            edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+            summary = delegation_summary(edge.exported_program().graph_module)
+            program = edge.to_executorch()
+        path.write_bytes(program.buffer)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ExportError(f"{path.name}: ExecuTorch lowering failed: {first}") from e
+    from edgefuse.validate.runtime import PteModel
+
+    runtime = PteModel(path)
+    with torch.no_grad():
+        ref = module(example).numpy()
+    got = runtime.run(example.numpy())
+    diff = float(abs(got - ref).max())
+    scale = float(abs(ref).max()) or 1.0
+    # int8 kernels differ from PyTorch's reference int8 arithmetic by rounding; a broken program
+    # differs by the size of the logits.
+    if not (diff <= 0.05 * scale + 1e-4):
+        raise ExportError(f"{path.name}: ExecuTorch output differs from PyTorch by {diff:.3g} (logits up to {scale:.3g})")
+    return {"delegation": summary, "max_abs_diff_vs_pytorch": diff, "batch": int(example.shape[0])}
