@@ -216,12 +216,15 @@ def load_model_source(
     channels: int | None = None,
     mean: list[float] | None = None,
     std: list[float] | None = None,
+    trust_pickle: bool = False,
 ):
     """Load a model to quantize/export: an edgefuse ``model.pt``, a ``torch.export`` archive (``.pt2``),
     or ``factory="package.module:function"`` called with no arguments plus ``source`` as its
     state_dict (loaded ``weights_only``). Returns ``(module, contract, info)``.
 
-    Only the factory form executes user code, and only because the user named it.
+    Only two forms execute code from outside edgefuse, and only because the user asked: the factory
+    the user named, and ``trust_pickle=True``, which unpickles a whole ``nn.Module`` (pickles can run
+    arbitrary code while loading; without the flag such files are refused before anything runs).
     """
     import importlib
 
@@ -281,6 +284,19 @@ def load_model_source(
         module = program.module()
         allow_exported_model_train_eval(module)
         return module, _contract_from_flags(None, input_size, channels, mean, std, None), info
+    if trust_pickle:
+        from torch import nn
+
+        try:
+            # The user vouched for this file: a full pickle may run code while it loads.
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise CheckpointError(f"{path} is corrupt or not a PyTorch file ({_short(e)})") from None
+        if isinstance(obj, nn.Module):
+            info.update({"format": "pickled nn.Module (--trust-pickle)", "trust_pickle": True})
+            return obj.eval(), _contract_from_flags(None, input_size, channels, mean, std, None), info
+        if not (isinstance(obj, dict) and obj.get("format") == "edgefuse.checkpoint"):
+            raise CheckpointError(f"{path} holds a {type(obj).__name__}, not an nn.Module or an edgefuse model.pt")
     loaded = load_checkpoint(path)
     info.update({"format": "edgefuse.checkpoint", "model": loaded.spec, "metrics": loaded.metrics})
     contract = loaded.contract
@@ -389,14 +405,15 @@ def export_model(
         result["accuracy"]["fp32_pytorch"] = _accuracy(model, test_ds)
     if int8:
         calib_ds = ImageDataset(splits[calib].train, contract)
-        reader = TensorBatches(calib_ds, quant_config.calib_samples, quant_config.calib_batch_size)
-        quantized = quantize_ptq(model, reader, quant_config, progress=progress)
-        if test_ds is not None:
-            result["accuracy"]["ptq_pytorch"] = _accuracy(quantized.program, test_ds)
-        if qat_config is not None:
-            quantized = quantize_qat(model, calib_ds, quant_config, qat_config, progress=progress)
+        if set(formats) - {"pte"}:  # the ONNX-based formats (and TorchScript) share onnxruntime's int8 program
+            reader = TensorBatches(calib_ds, quant_config.calib_samples, quant_config.calib_batch_size)
+            quantized = quantize_ptq(model, reader, quant_config, progress=progress)
             if test_ds is not None:
-                result["accuracy"]["qat_pytorch"] = _accuracy(quantized.program, test_ds)
+                result["accuracy"]["ptq_pytorch"] = _accuracy(quantized.program, test_ds)
+            if qat_config is not None:
+                quantized = quantize_qat(model, calib_ds, quant_config, qat_config, progress=progress)
+                if test_ds is not None:
+                    result["accuracy"]["qat_pytorch"] = _accuracy(quantized.program, test_ds)
         if "pte" in formats:
             # ExecuTorch runs XNNPACK's int8 kernels: same calibration data and gate rules, XNNPACK's
             # signed-int8 scheme.

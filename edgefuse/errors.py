@@ -46,6 +46,12 @@ class ExportError(EdgefuseError, RuntimeError):
     exit_code = 1
 
 
+class VerifyFailed(EdgefuseError):
+    """Files in an artifact folder do not match its manifest (changed, truncated or missing)."""
+
+    exit_code = 1
+
+
 class GateFailed(EdgefuseError):
     """A validation budget (accuracy drop, latency ratio) was exceeded."""
 

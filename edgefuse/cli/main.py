@@ -235,6 +235,10 @@ def export(
     no_validate: bool = typer.Option(False, "--no-validate", help="Skip the onnxruntime validation and gate."),
     factory: Optional[str] = typer.Option(None, help="package.module:function building the model for a state_dict "
                                                      "(runs that code: only for code you trust)."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle",
+                                      help="Accept a whole pickled nn.Module (torch.save(model)). Unpickling can run "
+                                           "arbitrary code hidden in the file: only for files you trust. Needs "
+                                           "--input-size and --channels."),
     input_size: Optional[int] = typer.Option(None, help="Input side in pixels (overrides/defines the contract)."),
     channels: Optional[int] = typer.Option(None, help="Input channels (1 or 3)."),
     mean: Optional[str] = typer.Option(None, help="Per-channel mean after scaling to [0, 1], comma-separated."),
@@ -269,7 +273,7 @@ def export(
             model, out, int8=int8, calib=calib, data=data, quant_config=qcfg, qat_config=qat_cfg, formats=fmts,
             batch=batch, opset=opset, budgets=budgets, validate=not no_validate, threads=threads, runs=runs,
             force=force, seed=seed, progress=progress,
-            model_kwargs={"factory": factory, "input_size": input_size, "channels": channels,
+            model_kwargs={"factory": factory, "trust_pickle": trust_pickle, "input_size": input_size, "channels": channels,
                           "mean": _floats(mean), "std": _floats(std)},
         )
     finally:
@@ -338,6 +342,33 @@ def validate(
 
 
 @app.command()
+def verify(
+    folder: Path = typer.Argument(..., help="An export folder holding manifest.json."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Recheck every artifact in FOLDER against manifest.json (size, sha256; sidecars against their files).
+    Exit 0 when all match, 1 on any mismatch or missing file, 2 when FOLDER is not an export folder."""
+    from edgefuse.errors import VerifyFailed
+    from edgefuse.export import verify_artifacts
+
+    res = verify_artifacts(folder)
+    if json_out:
+        import json
+
+        typer.echo(json.dumps({"folder": str(res.out_dir), "ok": res.ok, "checked": res.checked,
+                               "problems": res.problems, "warnings": res.warnings}, indent=2))
+    else:
+        from edgefuse.cli._ui import out as console
+
+        for w in res.warnings:
+            console.print(f"warning: {w}", highlight=False)
+        if res.ok:
+            console.print(f"{len(res.checked)} files match {folder / 'manifest.json'}", highlight=False)
+    if not res.ok:
+        raise VerifyFailed(f"{folder}: " + "; ".join(res.problems))
+
+
+@app.command()
 def doctor(
     model: Path = typer.Argument(..., help="An .onnx model (int8 or fp32)."),
     threads: int = typer.Option(1, help="onnxruntime intra-op threads."),
@@ -379,6 +410,15 @@ def doctor(
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app and map errors to one line and an exit code."""
     debug = os.environ.get("EDGEFUSE_DEBUG", "") not in ("", "0")
+    import signal
+
+    def _terminate(signum, frame):  # a CI runner's kill is SIGTERM: unwind so temporary files are removed
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (embedded use)
+        pass
     try:
         # Standalone mode: typer itself reports usage errors (exit 2) and --help; our errors reach us.
         app(args=argv, prog_name="edgefuse")

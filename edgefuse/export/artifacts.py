@@ -34,6 +34,8 @@ FORMATS = ("onnx", "ort", "pte", "torchscript")
 #: Formats whose files a phone runtime loads; they get a fixed batch and a JSON contract sidecar.
 MOBILE_FORMATS = ("ort", "pte")
 MANIFEST = "manifest.json"
+#: Temporary folders of runs in progress: ``.edgefuse-export-<pid>-<random>`` inside the target folder.
+TEMP_PREFIX = ".edgefuse-export-"
 MANIFEST_VERSION = 1
 
 
@@ -150,6 +152,87 @@ def _cpu_record() -> dict:
     return {"name": cpu_name(), "detected_target": t.name, "why": t.why}
 
 
+def _remove_stale_temp(out: Path) -> None:
+    """Remove temporary folders left by export runs that were killed (their process no longer exists)."""
+    for d in out.glob(f"{TEMP_PREFIX}*"):
+        pid = d.name[len(TEMP_PREFIX):].split("-")[0]
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running: not ours to remove
+        except (ValueError, ProcessLookupError):
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@dataclass
+class VerifyResult:
+    """What :func:`verify_artifacts` found: ``problems`` make the folder untrustworthy."""
+
+    out_dir: Path
+    checked: list[str]
+    problems: list[str]
+    warnings: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_artifacts(out_dir: str | Path) -> VerifyResult:
+    """Recheck every file listed in ``manifest.json`` (size and sha256) and every sidecar's hash.
+
+    Raises:
+        InputFileError: no folder, no manifest, or a manifest that is not edgefuse's.
+    """
+    from edgefuse.errors import InputFileError
+
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise InputFileError(f"{out} is not a folder")
+    mpath = out / MANIFEST
+    if not mpath.is_file():
+        raise InputFileError(f"{out} holds no {MANIFEST}: not an edgefuse artifact folder (or an export was interrupted)")
+    try:
+        manifest = json.loads(mpath.read_text())
+        entries = manifest["artifacts"]
+        assert manifest.get("schema") == "edgefuse.manifest" and isinstance(entries, list)
+    except Exception:
+        raise InputFileError(f"{mpath} is not a readable edgefuse manifest") from None
+    checked, problems, warnings = [], [], []
+    for a in entries:
+        name = a.get("file", "")
+        p = out / name
+        if not name or Path(name).name != name:
+            problems.append(f"manifest entry with an invalid file name {name!r}")
+            continue
+        if not p.is_file():
+            problems.append(f"{name}: missing")
+            continue
+        size = p.stat().st_size
+        if size != a.get("bytes"):
+            problems.append(f"{name}: {size} bytes, manifest says {a.get('bytes')}")
+        elif sha256_file(p) != a.get("sha256"):
+            problems.append(f"{name}: sha256 differs from the manifest (the file was changed)")
+        checked.append(name)
+        if a.get("kind") == "sidecar":
+            try:
+                side = json.loads(p.read_text())
+                target = out / side["file"]
+                if target.is_file() and sha256_file(target) != side.get("sha256"):
+                    problems.append(f"{name}: its sha256 does not match {side['file']}")
+            except Exception:
+                problems.append(f"{name}: not a readable sidecar")
+    listed = {a.get("file") for a in entries} | {MANIFEST, "report.json", "report.md"}
+    for p in sorted(out.iterdir()):
+        if p.name.startswith(TEMP_PREFIX):
+            warnings.append(f"{p.name}: temporary folder of an unfinished export")
+        elif p.is_file() and p.name.startswith("model.") and p.name not in listed:
+            warnings.append(f"{p.name}: not listed in the manifest")
+    return VerifyResult(out, checked, problems, warnings)
+
+
 def _mobile_sidecar(tmp: Path, a: Artifact, contract: PreprocessContract, input_shape: list[int]) -> Artifact:
     from edgefuse.export.sidecar import sidecar_dict, sidecar_path
 
@@ -214,7 +297,8 @@ def export_artifacts(
         raise UsageError(f"{out} already holds exported artifacts; pass --force to replace them")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".edgefuse-export-", dir=out))
+        _remove_stale_temp(out)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=out))
     except OSError as e:
         raise UsageError(f"cannot write to {out}: {e.strerror or e}") from None
     model.eval()
@@ -313,12 +397,23 @@ def export_artifacts(
             **(manifest_extra or {}),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        # Move into place: artifacts first, the manifest (which vouches for them) last.
+        # Move into place: artifacts first, the manifest (which vouches for them) last. A replaced
+        # set loses its manifest first, so no moment has a manifest vouching for mixed files.
+        previous: list[str] = []
         if force and (out / MANIFEST).exists():
+            try:
+                previous = [a["file"] for a in json.loads((out / MANIFEST).read_text())["artifacts"]]
+            except Exception:
+                previous = []
             (out / MANIFEST).unlink()
+            for stale in ("report.json", "report.md"):
+                (out / stale).unlink(missing_ok=True)
         for a in arts:
             os.replace(tmp / a.file, out / a.file)
         os.replace(tmp / MANIFEST, out / MANIFEST)
+        for name in set(previous) - {a.file for a in arts}:
+            if name and Path(name).name == name:
+                (out / name).unlink(missing_ok=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

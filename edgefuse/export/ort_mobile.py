@@ -84,7 +84,10 @@ def convert_to_ort(onnx_files: list[Path], out_dir: Path, batch: int = 1) -> tup
         config = dst / REQUIRED_OPERATORS
         if not config.is_file():
             raise ExportError(f"onnxruntime did not write {REQUIRED_OPERATORS}")
-        shutil.move(str(config), out_dir / REQUIRED_OPERATORS)
+        # Its comments name the models by their temporary paths: keep only the file names, so the
+        # config is the same for the same models.
+        lines = [f"# - {Path(ln[4:]).name}" if ln.startswith("# - ") else ln for ln in config.read_text().splitlines()]
+        (out_dir / REQUIRED_OPERATORS).write_text("\n".join(lines) + "\n")
         return outs, out_dir / REQUIRED_OPERATORS
     finally:
         shutil.rmtree(src, ignore_errors=True)

@@ -138,3 +138,23 @@ def test_parse_formats():
     assert parse_formats("onnx, torchscript") == ("onnx", "torchscript")
     with pytest.raises(UsageError, match="unknown format"):
         parse_formats("tflite")
+    assert parse_formats("ort,pte,ort") == ("ort", "pte")
+
+
+def test_compact_drops_orphaned_initializers_but_keeps_subgraph_reads():
+    from onnx import TensorProto, helper
+
+    from edgefuse.export.onnx_checks import compact
+
+    const = lambda name: helper.make_tensor(name, TensorProto.FLOAT, [1], [1.0])  # noqa: E731
+    then = helper.make_graph([helper.make_node("Add", ["x", "outer"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=then)], "g",
+        [helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        initializer=[const("outer"), const("orphan")])
+    m = helper.make_model(graph)
+    compact(m)
+    assert [t.name for t in m.graph.initializer] == ["outer"]

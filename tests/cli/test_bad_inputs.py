@@ -1,0 +1,252 @@
+"""The bad-input matrix: every case gets one line on stderr naming the problem, exit code 2, no traceback,
+and leaves no output behind. Run in-process through ``edgefuse.cli.main.main`` (the console entry point)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edgefuse.cli.main import main
+
+
+def _folder(root: Path, classes=("cat", "dog"), n=6, size=12) -> Path:
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def _ckpt_with(src: Path, dst: Path, edit) -> Path:
+    ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, dst)
+    return dst
+
+
+class _Module(torch.nn.Module):
+    def forward(self, x):
+        return x.flatten(1)[:, :10]
+
+
+# Each case: name -> function(tmp_path, ckpt) returning (argv, expected substrings).
+def _missing(t, c):
+    return ["export", str(t / "nope.pt"), "--out", str(t / "out")], ["not found"]
+
+
+def _empty(t, c):
+    (t / "empty.pt").write_bytes(b"")
+    return ["export", str(t / "empty.pt"), "--out", str(t / "out")], ["empty"]
+
+
+def _truncated_ckpt(t, c):
+    data = Path(c).read_bytes()
+    (t / "trunc.pt").write_bytes(data[: len(data) // 2])
+    return ["export", str(t / "trunc.pt"), "--out", str(t / "out")], ["corrupt"]
+
+
+def _corrupt_onnx(t, c):
+    (t / "a.onnx").write_bytes(b"\x08\x07garbage" * 50)
+    return ["validate", "--fp32", str(t / "a.onnx"), "--int8", str(t / "a.onnx"), "--out", str(t / "out")], \
+        ["cannot load"]
+
+
+def _truncated_onnx_inspect(t, c):
+    (t / "b.onnx").write_bytes(b"\x0a\x05hello")
+    return ["inspect", str(t / "b.onnx")], ["cannot load"]
+
+
+def _corrupt_pt2(t, c):
+    (t / "m.pt2").write_bytes(b"PK\x03\x04" + b"\x00" * 64)
+    return ["export", str(t / "m.pt2"), "--input-size", "32", "--channels", "1", "--out", str(t / "out")], \
+        ["not a torch.export archive"]
+
+
+def _state_dict_mismatch(t, c):
+    def edit(ck):
+        ck["state_dict"].pop(next(iter(ck["state_dict"])))
+
+    return ["export", str(_ckpt_with(c, t / "mm.pt", edit)), "--out", str(t / "out")], ["does not match"]
+
+
+def _nan_weights(t, c):
+    def edit(ck):
+        k = next(k for k, v in ck["state_dict"].items() if v.is_floating_point())
+        ck["state_dict"][k] = ck["state_dict"][k].clone().fill_(float("nan"))
+
+    return ["export", str(_ckpt_with(c, t / "nan.pt", edit)), "--out", str(t / "out")], ["NaN or Inf"]
+
+
+def _pickled_module(t, c):
+    torch.save(_Module(), t / "pickled.pt")
+    return ["export", str(t / "pickled.pt"), "--out", str(t / "out")], ["pickled", "--trust-pickle"]
+
+
+def _unknown_model(t, c):
+    return ["train", "--model", "vgg", "--out", str(t / "out" / "m.pt")], ["unknown model", "resnet"]
+
+
+def _unknown_fusion(t, c):
+    return ["train", "--fusion", "gcn", "--out", str(t / "out" / "m.pt")], ["unknown fusion", "effatt"]
+
+
+def _unknown_format(t, c):
+    return ["export", str(c), "--format", "tflite", "--out", str(t / "out")], ["unknown format", "pte"]
+
+
+def _empty_folder(t, c):
+    (t / "imgs").mkdir()
+    return ["train", "--data", str(t / "imgs"), "--out", str(t / "out" / "m.pt")], ["no images"]
+
+
+def _one_class(t, c):
+    return ["train", "--data", str(_folder(t / "imgs", classes=("only",))), "--out", str(t / "out" / "m.pt")], \
+        ["at least 2"]
+
+
+def _zero_byte_image(t, c):
+    root = _folder(t / "imgs")
+    (root / "cat" / "zero.png").write_bytes(b"")
+    return ["train", "--data", str(root), "--out", str(t / "out" / "m.pt")], ["0-byte"]
+
+
+def _unreadable_image(t, c):
+    root = _folder(t / "imgs")
+    (root / "dog" / "junk.jpg").write_bytes(b"this is not a jpeg")
+    return ["train", "--data", str(root), "--out", str(t / "out" / "m.pt")], ["unreadable"]
+
+
+def _class_missing_from_split(t, c):
+    _folder(t / "imgs" / "train")
+    _folder(t / "imgs" / "test", classes=("cat",))
+    return ["train", "--data", str(t / "imgs"), "--out", str(t / "out" / "m.pt")], ["dog"]
+
+
+def _npz_wrong_keys(t, c):
+    np.savez(t / "d.npz", images=np.zeros((20, 8, 8), np.float32), y=np.repeat([0, 1], 10))
+    return ["train", "--data", str(t / "d.npz"), "--out", str(t / "out" / "m.pt")], ["'x' and 'y'"]
+
+
+def _npz_wrong_shape(t, c):
+    np.savez(t / "d.npz", x=np.zeros((20, 8), np.float32), y=np.repeat([0, 1], 10))
+    return ["train", "--data", str(t / "d.npz"), "--out", str(t / "out" / "m.pt")], ["x must"]
+
+
+def _npz_wrong_dtype(t, c):
+    np.savez(t / "d.npz", x=np.zeros((20, 8, 8), np.float32), y=np.repeat([0.0, 1.0], 10))
+    return ["train", "--data", str(t / "d.npz"), "--out", str(t / "out" / "m.pt")], ["integer labels"]
+
+
+def _nan_calibration(t, c):
+    x = np.random.default_rng(0).random((60, 8, 8)).astype(np.float32)
+    x[3, 2, 2] = np.inf
+    np.savez(t / "d.npz", x=x, y=np.repeat(np.arange(10), 6))
+    return ["export", str(c), "--int8", "--calib", str(t / "d.npz"), "--out", str(t / "out")], ["NaN"]
+
+
+def _calibration_too_small(t, c):
+    return ["export", str(c), "--int8", "--calib-samples", "100000", "--out", str(t / "out")], \
+        ["calibration needs 100000 images"]
+
+
+def _input_too_small(t, c):
+    return ["train", "--input-size", "2", "--epochs", "1", "--out", str(t / "out" / "m.pt")], ["input"]
+
+
+def _negative_max_drop(t, c):
+    return ["export", str(c), "--int8", "--max-drop", "-1", "--out", str(t / "out")], ["--max-drop"]
+
+
+def _zero_latency_ratio(t, c):
+    return ["export", str(c), "--int8", "--max-latency-ratio", "0", "--out", str(t / "out")], ["--max-latency-ratio"]
+
+
+def _output_not_writable(t, c):
+    (t / "afile").write_text("x")
+    return ["export", str(c), "--out", str(t / "afile" / "out")], ["cannot write"]
+
+
+def _output_is_a_file(t, c):
+    (t / "out").write_text("x")
+    return ["export", str(c), "--out", str(t / "out")], ["not a folder"]
+
+
+def _output_holds_artifacts(t, c):
+    (t / "out").mkdir()
+    (t / "out" / "manifest.json").write_text("{}")
+    return ["export", str(c), "--out", str(t / "out")], ["already holds exported artifacts", "--force"]
+
+
+def _verify_not_a_folder(t, c):
+    return ["verify", str(t / "nothing")], ["not a folder"]
+
+
+CASES = {f.__name__.lstrip("_"): f for f in [
+    _missing, _empty, _truncated_ckpt, _corrupt_onnx, _truncated_onnx_inspect, _corrupt_pt2, _state_dict_mismatch,
+    _nan_weights, _pickled_module, _unknown_model, _unknown_fusion, _unknown_format, _empty_folder, _one_class,
+    _zero_byte_image, _unreadable_image, _class_missing_from_split, _npz_wrong_keys, _npz_wrong_shape,
+    _npz_wrong_dtype, _nan_calibration, _calibration_too_small, _input_too_small, _negative_max_drop,
+    _zero_latency_ratio, _output_not_writable, _output_is_a_file, _output_holds_artifacts, _verify_not_a_folder,
+]}
+
+
+def _snapshot(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_gets_one_line_exit_2_and_leaves_nothing(case, tiny_checkpoint, tmp_path, capsys):
+    argv, needles = CASES[case](tmp_path, tiny_checkpoint)
+    before = _snapshot(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert e.value.code == 2, (case, err)
+    assert len(lines) == 1 and lines[0].startswith("edgefuse: error: "), (case, err)
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], (case, n, lines[0])
+    assert _snapshot(tmp_path) == before, f"{case} left files behind"
+
+
+def test_pickle_is_never_executed_without_trust_pickle_and_is_with_it(tiny_checkpoint, tmp_path, capsys):
+    """A pickle whose loading creates a file: refused unread without the flag; the flag is a real opt-in."""
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"format": "x", "payload": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(tmp_path / "evil.pt"), "--out", str(tmp_path / "out")])
+    assert e.value.code == 2 and "--trust-pickle" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):
+        main(["export", str(tmp_path / "evil.pt"), "--trust-pickle", "--input-size", "8", "--channels", "1",
+              "--out", str(tmp_path / "out")])
+    assert marker.exists()  # the user vouched for the file, and its code ran
+    assert "not an nn.Module" in capsys.readouterr().err
+
+
+def test_trusted_pickled_module_exports(tmp_path, capsys):
+    from edgefuse.models import create_model
+
+    model = create_model("resnet", 10, width=0.25).eval()
+    torch.save(model, tmp_path / "whole.pt")
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(tmp_path / "whole.pt"), "--trust-pickle", "--input-size", "32", "--channels", "1",
+              "--format", "onnx", "--out", str(tmp_path / "out"), "--quiet"])
+    assert e.value.code == 0, capsys.readouterr().err
+    import json
+
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["source"]["trust_pickle"] is True
+    shutil.rmtree(tmp_path / "out")
