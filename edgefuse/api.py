@@ -56,18 +56,29 @@ def train_model(
     torch.manual_seed(seed)
     net = create_model(model, len(splits.class_names), fusion=fusion, width=width, in_chans=ch,
                        input_size=input_size, fusion_kwargs=fusion_kwargs or {}, **extra_kwargs)
+    from edgefuse.distributed import barrier, init_from_env, shutdown
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     log = gate_log_path(out)
-    result = train(net, splits, contract, config, log_path=log, progress=progress)
-    metrics = {**result.metrics(), "test_samples": len(splits.test), "data": splits.source,
-               "data_fingerprint": splits.fingerprint}
-    save_checkpoint(out, net, contract, metrics=metrics, extra={"train_config": config.__dict__})
+    ctx = init_from_env()  # under torchrun: DistributedDataParallel over the process group
+    try:
+        if ctx.is_main:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        result = train(net, splits, contract, config, log_path=log, progress=progress, dist=ctx)
+        metrics = {**result.metrics(), "test_samples": len(splits.test), "data": splits.source,
+                   "data_fingerprint": splits.fingerprint}
+        if ctx.enabled:
+            metrics["world_size"] = ctx.world_size
+        if ctx.is_main:  # one writer
+            save_checkpoint(out, net, contract, metrics=metrics, extra={"train_config": config.__dict__})
+        barrier(ctx)
+    finally:
+        shutdown(ctx)
     return {
         "model": model, "fusion": fusion, "data": splits.source,
         "val_top1": result.val_accuracy, "test_top1": result.test_accuracy,
         "test_samples": len(splits.test), "train_seconds": result.seconds,
-        "checkpoint": str(out), "gate_log": str(log),
+        "checkpoint": str(out), "gate_log": str(log), "rank": ctx.rank, "world_size": ctx.world_size,
     }
 
 
@@ -110,7 +121,6 @@ def describe_artifact(path: str | Path) -> dict:
     Raises:
         InputFileError: missing, empty, corrupt or unknown file.
     """
-    import json
     import zipfile
 
     from edgefuse._files import check_input_file
@@ -139,7 +149,7 @@ def describe_artifact(path: str | Path) -> dict:
                 "outputs": {o.name: [d if isinstance(d, int) else str(d) for d in o.shape]
                             for o in m.session.get_outputs()}}
         if "edgefuse.contract" in meta:
-            info.update(_contract_rows(PreprocessContract.from_dict(json.loads(meta["edgefuse.contract"]))))
+            info.update(_contract_rows(PreprocessContract.from_json(meta["edgefuse.contract"])))
         else:
             info["contract"] = "none (not exported by edgefuse: pass --input-size/--channels/--mean/--std)"
         if suffix == ".onnx":
@@ -349,7 +359,47 @@ def export_model(
     ``export`` (:class:`ExportResult`), ``report`` (:class:`ValidationReport` or None) and accuracies.
 
     The gate's verdict is in ``report.passed``; this function does not raise on a failed gate.
+
+    Under ``torchrun`` the QAT step runs data-parallel on every process (DistributedDataParallel);
+    everything else -- export, validation, every file written -- happens on rank 0 only, and the
+    other ranks return ``{"rank": r}`` with no ``export``/``report``.
     """
+    args = dict(locals())
+    from edgefuse.distributed import barrier, init_from_env, shutdown
+
+    ctx = init_from_env()
+    try:
+        if ctx.enabled and not ctx.is_main and qat_config is None:
+            return {"rank": ctx.rank, "export": None, "report": None, "accuracy": {}}
+        result = _export_model(**args, dist=ctx)
+        barrier(ctx)
+        return result
+    finally:
+        shutdown(ctx)
+
+
+def _export_model(
+    source: str | Path,
+    out_dir: str | Path,
+    *,
+    int8: bool = True,
+    calib: str | None = "digits",
+    data: str | None = None,
+    quant_config=None,
+    qat_config=None,
+    formats: tuple[str, ...] = ("onnx", "torchscript"),
+    batch: int | None = None,
+    opset: int | None = None,
+    budgets=None,
+    validate: bool = True,
+    threads: int = 1,
+    runs: int = 100,
+    force: bool = False,
+    seed: int = 0,
+    model_kwargs: dict | None = None,
+    progress: Progress = NullProgress(),
+    dist=None,
+) -> dict:
     from edgefuse.data import ImageDataset, load_data
     from edgefuse.errors import DataError, UsageError
     from edgefuse.export import DEFAULT_OPSET, export_artifacts
@@ -411,7 +461,7 @@ def export_model(
             if test_ds is not None:
                 result["accuracy"]["ptq_pytorch"] = _accuracy(quantized.program, test_ds)
             if qat_config is not None:
-                quantized = quantize_qat(model, calib_ds, quant_config, qat_config, progress=progress)
+                quantized = quantize_qat(model, calib_ds, quant_config, qat_config, progress=progress, dist=dist)
                 if test_ds is not None:
                     result["accuracy"]["qat_pytorch"] = _accuracy(quantized.program, test_ds)
         if "pte" in formats:
@@ -422,10 +472,12 @@ def export_model(
             xcfg = replace(quant_config, backend="xnnpack", activation_dtype="int8", reduce_range=False,
                            target="xnnpack")
             reader = TensorBatches(calib_ds, xcfg.calib_samples, xcfg.calib_batch_size)
-            pte_quantized = (quantize_qat(model, calib_ds, xcfg, qat_config, progress=progress) if qat_config
+            pte_quantized = (quantize_qat(model, calib_ds, xcfg, qat_config, progress=progress, dist=dist) if qat_config
                              else quantize_ptq(model, reader, xcfg, progress=progress))
             if test_ds is not None:
                 result["accuracy"]["xnnpack_int8_pytorch"] = _accuracy(pte_quantized.program, test_ds)
+    if dist is not None and dist.enabled and not dist.is_main:
+        return {"rank": dist.rank, "export": None, "report": None, "accuracy": result["accuracy"]}
     manifest_extra = {"source": {k: v for k, v in info.items() if k != "metrics"},
                       "data": {s: {"fingerprint": sp.fingerprint} for s, sp in splits.items()},
                       "seed": seed, "accuracy_pytorch": result["accuracy"]}
@@ -524,7 +576,6 @@ def validate_files(
 ):
     """``edgefuse validate``: compare two model files (``.onnx``/``.ort`` or ``.pte``) on labelled data; write
     reports if ``out_dir``."""
-    import json
 
     from edgefuse.data import ImageDataset, PreprocessContract, load_data
     from edgefuse.errors import UsageError
@@ -532,7 +583,7 @@ def validate_files(
     from edgefuse.validate.runtime import load_runtime
 
     meta = load_runtime(fp32).metadata()
-    base = PreprocessContract.from_dict(json.loads(meta["edgefuse.contract"])) if "edgefuse.contract" in meta else None
+    base = PreprocessContract.from_json(meta["edgefuse.contract"]) if "edgefuse.contract" in meta else None
     flags = {k: v for k, v in (contract_flags or {}).items() if v is not None}
     if base is None or flags:
         contract = _contract_from_flags(base, flags.get("input_size"), flags.get("channels"),

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -168,6 +167,7 @@ def train(
     *,
     log_path: str | Path | None = None,
     progress: Progress = NullProgress(),
+    dist=None,
 ) -> TrainResult:
     """Train ``model`` in place on ``data.train`` with the seed's recipe; return val/test accuracy.
 
@@ -175,6 +175,11 @@ def train(
     cosine decay, zero-initialised gates (built into the blocks), random-shift augmentation. After
     each epoch the gate outputs on the validation split are summarised; with ``log_path`` they are
     written there as one JSON line per epoch.
+
+    With ``dist`` (an enabled :class:`edgefuse.distributed.DistContext`, i.e. under torchrun) the model
+    is wrapped in ``DistributedDataParallel``; a ``DistributedSampler`` gives each rank its share of
+    every epoch and each rank takes ``batch_size / world_size`` items per step, so the global batch and
+    the learning-rate schedule are those of a single process. Only rank 0 writes the log.
     """
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -182,7 +187,23 @@ def train(
     # Preprocess once: the source images are small and fixed; augmentation happens on tensors.
     xs = torch.stack([train_ds[i][0] for i in range(len(train_ds))])
     ys = torch.as_tensor(data.train.labels)
-    steps_per_epoch = math.ceil(len(xs) / config.batch_size)
+    world = dist.world_size if dist is not None and dist.enabled else 1
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        from torch.utils.data.distributed import DistributedSampler
+
+        if config.batch_size < world:
+            raise UsageError(f"--batch-size {config.batch_size} is smaller than the {world} processes")
+        sampler = DistributedSampler(range(len(xs)), num_replicas=world, rank=dist.rank, shuffle=True,
+                                     seed=config.seed, drop_last=False)
+        trainee = DistributedDataParallel(model)
+        local_batch = config.batch_size // world
+        shard = len(sampler)
+        if dist.rank != 0:
+            log_path, progress = None, NullProgress()
+    else:
+        trainee, local_batch, shard = model, config.batch_size, len(xs)
+    steps_per_epoch = math.ceil(shard / local_batch)
     total = steps_per_epoch * config.epochs
     warm = steps_per_epoch * config.warmup_epochs
     opt = torch.optim.AdamW(param_groups(model, config))
@@ -201,14 +222,18 @@ def train(
     try:
         for epoch in range(config.epochs):
             model.train()
-            order = torch.randperm(len(xs), generator=gen)
+            if world > 1:
+                sampler.set_epoch(epoch)
+                order = torch.as_tensor(list(iter(sampler)))
+            else:
+                order = torch.randperm(len(xs), generator=gen)
             loss_sum = correct = 0.0
             for b in range(steps_per_epoch):
-                idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+                idx = order[b * local_batch : (b + 1) * local_batch]
                 x, y = _shift(xs[idx], config.shift, gen), ys[idx]
                 for g, base in zip(opt.param_groups, base_lrs):
                     g["lr"] = base * lr_factor(step)
-                logits = model(x)
+                logits = trainee(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -221,8 +246,8 @@ def train(
                 val_acc = evaluate(model, val_ds)
             rec = {
                 "epoch": epoch + 1,
-                "train_loss": round(loss_sum / len(xs), 5),
-                "train_top1": round(correct / len(xs), 5),
+                "train_loss": round(loss_sum / len(order), 5),
+                "train_top1": round(correct / len(order), 5),
                 "val_top1": round(val_acc, 5),
                 "lr": round(base_lrs[0] * lr_factor(step - 1), 7),
                 "gates": mon.stats(),

@@ -12,7 +12,10 @@ scikit-learn's bundled digits is written to a PNG file and classified.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -48,12 +51,28 @@ def preprocess(image_path: Path, c: dict) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])  # HWC -> NCHW
 
 
+@contextlib.contextmanager
+def native_stderr_muted():
+    """ExecuTorch's runtime logs its CPU probing straight to file descriptor 2; keep the output readable."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def run(model: Path, x: np.ndarray) -> np.ndarray:
     if model.suffix == ".pte":
-        import torch
-        from executorch.runtime import Runtime
+        logging.getLogger("torchao").setLevel(logging.ERROR)
+        with native_stderr_muted():
+            import torch
+            from executorch.runtime import Runtime
 
-        method = Runtime.get().load_program(str(model)).load_method("forward")
+            method = Runtime.get().load_program(str(model)).load_method("forward")
         return method.execute([torch.from_numpy(x)])[0].numpy()[0]
     import onnxruntime as ort
 

@@ -66,13 +66,20 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
-    """Train a zoo model on labelled images and save model.pt (weights + preprocessing contract)."""
+    """Train a zoo model on labelled images and save model.pt (weights + preprocessing contract).
+
+    Data-parallel on N processes (gloo on CPU, nccl on GPU) with PyTorch's launcher:
+    `torchrun --nproc_per_node N --no-python edgefuse train ...` (multi-node: add --nnodes, --node_rank,
+    --rdzv_endpoint). --batch-size stays the global batch; only rank 0 writes and prints."""
     from edgefuse.api import train_model
+    from edgefuse.distributed import env_rank
     from edgefuse.errors import UsageError
 
     if out.exists() and not force:
         raise UsageError(f"{out} already exists; pass --force to overwrite it")
     fusion_kwargs = {"gate": gate} if gate else {}
+    if env_rank() != 0:
+        quiet, json_out = True, False
     progress = _progress(quiet or json_out)
     try:
         res = train_model(
@@ -173,13 +180,13 @@ def _print_report(report, accuracy: dict | None = None) -> None:
                   highlight=False)
     formats = report.extra.get("formats")
     if formats:
-        t = Table(title="every shipped format, each in its own runtime", title_justify="left")
-        for c in ("format", "runtime", "fp32 top-1", "int8 top-1", "agreement", "fp32 ms", "int8 ms", "int8 speed-up",
-                  "gate"):
-            t.add_column(c, justify="left" if c in ("format", "runtime", "gate") else "right")
+        t = Table(title="every shipped format, each in its own runtime (.onnx/.ort: onnxruntime, .pte: ExecuTorch)",
+                  title_justify="left")
+        for c in ("format", "top-1 fp32 / int8", "agreement", "ms fp32 -> int8", "speed-up", "gate"):
+            t.add_column(c, justify="left" if c in ("format", "gate") else "right")
         for fmt, r in formats.items():
-            t.add_row(fmt, r["engine"], pct(r["fp32_top1"]), pct(r["int8_top1"]), pct(r["agreement"]),
-                      f"{r['fp32_ms']:.3f}", f"{r['int8_ms']:.3f}",
+            t.add_row(fmt, f"{pct(r['fp32_top1'])} / {pct(r['int8_top1'])}", pct(r["agreement"]),
+                      f"{r['fp32_ms']:.3f} -> {r['int8_ms']:.3f}",
                       f"{r['speedup']:.2f}x" if r["latency_ratio"] < 1 else f"[red]{r['speedup']:.2f}x[/]",
                       "[green]passed[/]" if r["passed"] else "[red]FAILED[/]")
         out.print(t)
@@ -267,6 +274,10 @@ def export(
     qat_cfg = QATConfig(epochs=epochs, lr=qat_lr, seed=seed, freeze_observer_epoch=max(1, epochs - 1)) if qat else None
     if qat and not int8:
         int8 = True
+    from edgefuse.distributed import env_rank
+
+    if env_rank() != 0:  # under torchrun only rank 0 reports
+        quiet, json_out = True, False
     progress = _progress(quiet or json_out)
     try:
         res = export_model(
@@ -278,6 +289,8 @@ def export(
         )
     finally:
         progress.close()
+    if res.get("export") is None:  # a helper rank under torchrun: QAT done, rank 0 writes and reports
+        return
     report = res["report"]
     if json_out:
         import json
@@ -407,24 +420,44 @@ def doctor(
         console.print(t)
 
 
+class _Interrupted(BaseException):
+    """A stop signal arrived; ``code`` is the conventional exit status (130 Ctrl-C, 143 SIGTERM)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app and map errors to one line and an exit code."""
     debug = os.environ.get("EDGEFUSE_DEBUG", "") not in ("", "0")
     import signal
 
-    def _terminate(signum, frame):  # a CI runner's kill is SIGTERM: unwind so temporary files are removed
-        raise KeyboardInterrupt
+    def _stop(signum, frame):
+        # Ctrl-C and a CI runner's kill (SIGTERM) unwind like an exception, so every ``finally`` runs and
+        # temporary files go. A BaseException, not KeyboardInterrupt: typer would swallow that silently.
+        raise _Interrupted(128 + signum)
 
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, _stop)
+        except ValueError:  # not the main thread (embedded use)
+            pass
     try:
-        signal.signal(signal.SIGTERM, _terminate)
-    except ValueError:  # not the main thread (embedded use)
-        pass
+        _run(argv, debug)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(argv: list[str] | None, debug: bool) -> None:
     try:
         # Standalone mode: typer itself reports usage errors (exit 2) and --help; our errors reach us.
         app(args=argv, prog_name="edgefuse")
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Interrupted) as e:
         print("edgefuse: interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(e.code if isinstance(e, _Interrupted) else 130)
     except Exception as e:  # noqa: BLE001 -- the one place that turns errors into exit codes
         from edgefuse.errors import EdgefuseError
 

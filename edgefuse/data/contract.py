@@ -53,6 +53,9 @@ class PreprocessContract:
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         object.__setattr__(self, "class_names", tuple(str(v) for v in self.class_names))
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not (
+                np.isfinite(self.scale) and self.scale > 0):
+            raise UsageError(f"scale must be a finite number > 0, got {self.scale!r}")
         if self.channels not in (1, 3):
             raise UsageError(f"channels must be 1 or 3, got {self.channels}")
         if self.input_size < 1:
@@ -88,11 +91,33 @@ class PreprocessContract:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessContract":
+        if not isinstance(d, dict):
+            raise UsageError(f"invalid preprocessing contract: expected an object, got {type(d).__name__}")
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         try:
+            for key in ("input_size", "channels", "version"):
+                if key in known and (isinstance(known[key], bool) or not isinstance(known[key], int)):
+                    raise TypeError(f"{key} must be an integer, got {known[key]!r}")
+            for key in ("mean", "std", "class_names"):
+                if key in known and not isinstance(known[key], (list, tuple)):
+                    raise TypeError(f"{key} must be a list, got {known[key]!r}")
+            for key in ("resize", "layout", "input_name"):
+                if key in known and not isinstance(known[key], str):
+                    raise TypeError(f"{key} must be a string, got {known[key]!r}")
             return cls(**known)
-        except TypeError as e:
+        except UsageError:
+            raise
+        except (TypeError, ValueError) as e:
             raise UsageError(f"invalid preprocessing contract: {e}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "PreprocessContract":
+        """Parse a contract stored as JSON (ONNX ``metadata_props``); malformed text is a UsageError."""
+        try:
+            d = json.loads(text)
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"invalid preprocessing contract: not JSON ({e})") from None
+        return cls.from_dict(d)
 
     def to_image(self, pixels: np.ndarray | Image.Image) -> Image.Image:
         """Convert raw pixels (uint8 HxW or HxWxC, or a PIL image of any mode) to the contract's mode."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgefuse._quiet import quiet, quiet_native
+from edgefuse._quiet import quiet_native
 from edgefuse.errors import ExportError
 
 #: File written beside the ``.ort`` models: the operators a reduced onnxruntime build must include.

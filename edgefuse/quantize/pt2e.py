@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Protocol
+from typing import Iterator, Protocol
 
 import torch
 from torch import nn
@@ -216,6 +216,7 @@ def quantize_qat(
     qat: QATConfig = QATConfig(),
     *,
     progress: Progress = NullProgress(),
+    dist=None,
 ) -> QuantizedModel:
     """Quantization-aware fine-tuning, then conversion to int8.
 
@@ -224,6 +225,10 @@ def quantize_qat(
         train_data: indexable of ``(input, label)`` pairs (the training split).
         config: quantization options (calibration method is replaced by moving averages).
         qat: fine-tuning schedule.
+        dist: an enabled :class:`edgefuse.distributed.DistContext` (under torchrun): the prepared
+            program is wrapped in ``DistributedDataParallel`` (observer buffers follow rank 0), each
+            rank fine-tunes on its ``DistributedSampler`` share with ``batch_size / world_size`` items
+            per step, and every rank ends with the same converted program.
     """
     import copy
 
@@ -245,7 +250,19 @@ def quantize_qat(
     _ao.move_exported_model_to_train(prepared)
     opt = torch.optim.AdamW(prepared.parameters(), lr=qat.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(qat.seed)
-    steps = math.ceil(n / qat.batch_size)
+    world = dist.world_size if dist is not None and dist.enabled else 1
+    batch, trainee, sampler = qat.batch_size, prepared, None
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(range(n), num_replicas=world, rank=dist.rank, shuffle=True, seed=qat.seed)
+        trainee = DistributedDataParallel(prepared)
+        batch = max(1, qat.batch_size // world)
+        if dist.rank != 0:
+            progress = NullProgress()
+    shard = len(sampler) if sampler is not None else n
+    steps = math.ceil(shard / batch)
     total = steps * qat.epochs
     history: list[dict] = []
     progress.start("qat", total)
@@ -256,13 +273,17 @@ def quantize_qat(
                 _freeze_bn(prepared)
             if epoch >= qat.freeze_observer_epoch:
                 prepared.apply(_ao.disable_observer)
-            order = torch.randperm(n, generator=gen)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+                order = torch.as_tensor(list(iter(sampler)))
+            else:
+                order = torch.randperm(n, generator=gen)
             loss_sum = 0.0
             for b in range(steps):
-                idx = order[b * qat.batch_size : (b + 1) * qat.batch_size]
+                idx = order[b * batch : (b + 1) * batch]
                 for g in opt.param_groups:
                     g["lr"] = qat.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-                logits = prepared(xs[idx])
+                logits = trainee(xs[idx])
                 loss = (1 - qat.distill) * F.cross_entropy(logits, ys[idx])
                 if qat.distill:
                     loss = loss + qat.distill * F.kl_div(logits.log_softmax(1), teacher[idx], reduction="batchmean")
@@ -272,7 +293,7 @@ def quantize_qat(
                 step += 1
                 loss_sum += loss.item() * len(idx)
                 progress.advance("qat", 1, epoch=epoch + 1, loss=loss.item())
-            history.append({"epoch": epoch + 1, "loss": round(loss_sum / n, 5),
+            history.append({"epoch": epoch + 1, "loss": round(loss_sum / len(order), 5),
                             "bn_frozen": epoch >= qat.freeze_bn_epoch,
                             "observers_frozen": epoch >= qat.freeze_observer_epoch})
     finally:

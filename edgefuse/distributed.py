@@ -1,0 +1,71 @@
+"""Data-parallel training with PyTorch's own engine: ``torchrun`` + ``DistributedDataParallel``.
+
+``edgefuse train`` started by ``torchrun --nproc_per_node N`` (or multi-node with ``--nnodes``,
+``--node_rank``, ``--rdzv_endpoint``...) finds ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` in its
+environment, joins the process group (gloo on CPU, nccl on GPU), shards each epoch with a
+``DistributedSampler`` and keeps the global batch size of a single-process run. Only rank 0 writes
+files and prints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str = ""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def env_rank() -> int:
+    """The rank torchrun gave this process (0 outside torchrun), without importing torch."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def init_from_env() -> DistContext:
+    """Join the process group described by torchrun's environment; a no-op single-process context otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return DistContext()
+    import torch
+    import torch.distributed as dist
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, backend)
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.enabled:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
