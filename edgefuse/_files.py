@@ -5,7 +5,12 @@ from pathlib import Path
 from edgefuse.errors import InputFileError
 
 
-def check_input_file(path: str | Path, what: str = "model file", max_bytes: int | None = None) -> Path:
+#: Largest model file edgefuse opens (ONNX's protobuf limit; far above any phone model): a guard
+#: against feeding a multi-GB file of the wrong kind to a parser.
+MAX_MODEL_BYTES = 2 << 30
+
+
+def check_input_file(path: str | Path, what: str = "model file", max_bytes: int | None = MAX_MODEL_BYTES) -> Path:
     """Path of an existing, non-empty regular file (within ``max_bytes``), or a one-line InputFileError."""
     path = Path(path)
     if not path.exists():

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefuse._files import check_input_file
+from edgefuse._files import MAX_MODEL_BYTES, check_input_file
 from edgefuse.errors import InputFileError
-
-MAX_MODEL_BYTES = 2 << 30
 
 
 class OrtModel:

@@ -45,6 +45,12 @@ def _empty(t, c):
     return ["export", str(t / "empty.pt"), "--out", str(t / "out")], ["empty"]
 
 
+def _oversized_model(t, c):
+    with open(t / "huge.onnx", "wb") as f:  # sparse: no disk used, but stat() says > 2 GiB
+        f.truncate((2 << 30) + 1)
+    return ["inspect", str(t / "huge.onnx")], ["the limit is 2048 MiB"]
+
+
 def _truncated_ckpt(t, c):
     data = Path(c).read_bytes()
     (t / "trunc.pt").write_bytes(data[: len(data) // 2])
@@ -188,7 +194,7 @@ def _verify_not_a_folder(t, c):
 
 
 CASES = {f.__name__.lstrip("_"): f for f in [
-    _missing, _empty, _truncated_ckpt, _corrupt_onnx, _truncated_onnx_inspect, _corrupt_pt2, _state_dict_mismatch,
+    _missing, _empty, _oversized_model, _truncated_ckpt, _corrupt_onnx, _truncated_onnx_inspect, _corrupt_pt2, _state_dict_mismatch,
     _nan_weights, _pickled_module, _unknown_model, _unknown_fusion, _unknown_format, _empty_folder, _one_class,
     _zero_byte_image, _unreadable_image, _class_missing_from_split, _npz_wrong_keys, _npz_wrong_shape,
     _npz_wrong_dtype, _nan_calibration, _calibration_too_small, _input_too_small, _negative_max_drop,
