@@ -10,15 +10,18 @@ from edgefuse._versions import sha256_file
 from edgefuse.errors import InputFileError, MissingExtraError
 
 
-@pytest.fixture(scope="module")
-def mobile(trained_checkpoint, tmp_path_factory):
-    """`export --int8 --format onnx,ort,pte` of the trained digits model (PTQ, no gate)."""
+def _export_mobile(checkpoint, out):
     from edgefuse.api import export_model
     from edgefuse.validate import Budgets
 
-    out = tmp_path_factory.mktemp("mobile")
-    return export_model(trained_checkpoint, out, int8=True, calib="digits", formats=("onnx", "ort", "pte"), runs=20,
+    return export_model(checkpoint, out, int8=True, calib="digits", formats=("onnx", "ort", "pte"), runs=20,
                         budgets=Budgets(max_drop=None, max_latency_ratio=None))
+
+
+@pytest.fixture(scope="module")
+def mobile(trained_checkpoint, tmp_path_factory):
+    """`export --int8 --format onnx,ort,pte` of the trained digits model (PTQ, no gate)."""
+    return _export_mobile(trained_checkpoint, tmp_path_factory.mktemp("mobile"))
 
 
 def test_every_mobile_file_is_written_hashed_and_has_a_sidecar(mobile):
@@ -166,3 +169,36 @@ def test_run_artifact_example_classifies_a_real_digit_from_the_contract_alone(mo
     lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
     assert lines[0].endswith("(label 7)"), r.stdout
     assert lines[1].split()[0] == "7", r.stdout  # top class
+
+
+# onnxruntime writes .ort flatbuffers with tables in hash-map order that changes from process to
+# process (and within one); their content is checked against the ONNX they came from instead.
+NOT_BYTE_STABLE = (".ort", ".ort.json")
+LATENCY_KEYS = {"latency", "latency_ratio", "speedup", "fp32_ms", "int8_ms", "doctor", "file", "fp32_file",
+                "int8_file", "failures", "passed"}
+
+
+def _strip(obj):
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items() if k not in LATENCY_KEYS}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
+def test_exporting_again_gives_the_same_bytes_and_report(mobile, trained_checkpoint, tmp_path):
+    """Same inputs, seed and versions -> byte-identical artifacts and identical reports (latency aside)."""
+    again = _export_mobile(trained_checkpoint, tmp_path / "again")
+    hashes = [{a.file: a.sha256 for a in r["export"].artifacts} for r in (mobile, again)]
+    assert hashes[0].keys() == hashes[1].keys()
+    stable = {f for f in hashes[0] if not f.endswith(NOT_BYTE_STABLE)}
+    assert {"model.int8.onnx", "model.fp32.onnx", "model.int8.pte", "required_operators.config"} <= stable
+    for f in stable:
+        assert hashes[0][f] == hashes[1][f], f"{f} differs between two identical exports"
+    reports = [_strip(json.loads((r["export"].out_dir / "report.json").read_text())) for r in (mobile, again)]
+    assert reports[0] == reports[1]
+    manifest = json.loads((tmp_path / "again" / "manifest.json").read_text())
+    # What it takes to reproduce: versions, seed, quantization config, data fingerprint, source model.
+    assert manifest["seed"] == 0 and manifest["versions"]["torch"] and manifest["versions"]["executorch"]
+    assert manifest["data"]["digits"]["fingerprint"] and manifest["quantization"]["config"]["calibration"]
+    assert manifest["source"]["model"]["name"] == "resnet"
