@@ -1,6 +1,6 @@
 """Peak memory of `edgefuse validate` as the evaluation set grows 10x (it should stay flat).
 
-    .venv/bin/python benchmarks/streaming_memory.py [--base 300] [--size 64] [--json out.json]
+    .venv/bin/python benchmarks/streaming_memory.py [--base 300] [--size 224] [--json out.json]
 
 Writes image folders of --base and 10 x --base real PNG files (digits images upscaled to --size, RGB,
 so each decoded image is --size x --size x 3 bytes), exports one small fp32/int8 ONNX pair for them,
@@ -24,15 +24,17 @@ from PIL import Image
 
 
 def write_folder(root: Path, n: int, size: int) -> Path:
+    """A pre-split folder: small train/ and val/ parts, and a test/ part of ``n`` images."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    for i in range(n):
-        j = i % len(d.images)
-        img = Image.fromarray(np.round(d.images[j] * (255 / 16)).astype(np.uint8), "L").convert("RGB")
-        folder = root / "test" / str(d.target[j])
-        folder.mkdir(parents=True, exist_ok=True)
-        img.resize((size, size), Image.Resampling.BILINEAR).save(folder / f"{i}.png")
+    for split, count in (("train", 20), ("val", 20), ("test", n)):
+        for i in range(count):
+            j = i % len(d.images)
+            img = Image.fromarray(np.round(d.images[j] * (255 / 16)).astype(np.uint8), "L").convert("RGB")
+            folder = root / split / str(d.target[j])
+            folder.mkdir(parents=True, exist_ok=True)
+            img.resize((size, size), Image.Resampling.BILINEAR).save(folder / f"{i}.png")
     return root
 
 
@@ -49,7 +51,7 @@ print(json.dumps({"samples": rep.data["samples"], "peak_rss_mib": resource.getru
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", type=int, default=300)
-    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     import torch
@@ -78,14 +80,16 @@ def main() -> None:
     for n in (args.base, 10 * args.base):
         folder = write_folder(tmp / f"data{n}", n, args.size)
         out = subprocess.run([sys.executable, "-c", CHILD, str(res.path("onnx", "fp32")), str(res.path("onnx", "int8")),
-                              str(folder)], capture_output=True, text=True, check=True)
+                              str(folder)], capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"validate failed: {out.stderr.strip().splitlines()[-1]}")
         r = json.loads(out.stdout.strip().splitlines()[-1])
         disk = sum(p.stat().st_size for p in folder.rglob("*.png"))
         r.update({"images": n, "decoded_mib": n * args.size * args.size * 3 / 2**20, "png_mib": disk / 2**20})
         rows.append(r)
         print(f"{n:6d} images ({r['decoded_mib']:.0f} MiB decoded): peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
     growth = rows[1]["peak_rss_mib"] / rows[0]["peak_rss_mib"]
-    print(f"\n| images | decoded size | peak RSS of `validate` |\n|---|---|---|")
+    print("\n| images | decoded size | peak RSS of `validate` |\n|---|---|---|")
     for r in rows:
         print(f"| {r['images']} | {r['decoded_mib']:.0f} MiB | {r['peak_rss_mib']:.0f} MiB |")
     print(f"\n10x the images -> peak memory x{growth:.2f}")
