@@ -21,5 +21,6 @@ def check_input_file(path: str | Path, what: str = "model file", max_bytes: int 
     if size == 0:
         raise InputFileError(f"{what} {path} is empty (0 bytes)")
     if max_bytes is not None and size > max_bytes:
-        raise InputFileError(f"{what} {path} is {size >> 20} MiB; the limit is {max_bytes >> 20} MiB")
+        raise InputFileError(f"{what} {path} is {size:,} bytes, over the {max_bytes >> 20} MiB limit: not a model "
+                             "edgefuse can load (wrong file?)")
     return path

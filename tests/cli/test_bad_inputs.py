@@ -48,7 +48,7 @@ def _empty(t, c):
 def _oversized_model(t, c):
     with open(t / "huge.onnx", "wb") as f:  # sparse: no disk used, but stat() says > 2 GiB
         f.truncate((2 << 30) + 1)
-    return ["inspect", str(t / "huge.onnx")], ["the limit is 2048 MiB"]
+    return ["inspect", str(t / "huge.onnx")], ["over the 2048 MiB limit"]
 
 
 def _truncated_ckpt(t, c):
