@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgefuse.distributed import joins_process_group as _joins_process_group
 from edgefuse.progress import NullProgress, Progress
 
 
@@ -334,51 +335,8 @@ def _accuracy(fn, dataset) -> float:
     return evaluate(fn, dataset)
 
 
+@_joins_process_group
 def export_model(
-    source: str | Path,
-    out_dir: str | Path,
-    *,
-    int8: bool = True,
-    calib: str | None = "digits",
-    data: str | None = None,
-    quant_config=None,
-    qat_config=None,
-    formats: tuple[str, ...] = ("onnx", "torchscript"),
-    batch: int | None = None,
-    opset: int | None = None,
-    budgets=None,
-    validate: bool = True,
-    threads: int = 1,
-    runs: int = 100,
-    force: bool = False,
-    seed: int = 0,
-    model_kwargs: dict | None = None,
-    progress: Progress = NullProgress(),
-) -> dict:
-    """``edgefuse export``: load, quantize (PTQ or QAT), export, validate. Returns a summary dict with
-    ``export`` (:class:`ExportResult`), ``report`` (:class:`ValidationReport` or None) and accuracies.
-
-    The gate's verdict is in ``report.passed``; this function does not raise on a failed gate.
-
-    Under ``torchrun`` the QAT step runs data-parallel on every process (DistributedDataParallel);
-    everything else -- export, validation, every file written -- happens on rank 0 only, and the
-    other ranks return ``{"rank": r}`` with no ``export``/``report``.
-    """
-    args = dict(locals())
-    from edgefuse.distributed import barrier, init_from_env, shutdown
-
-    ctx = init_from_env()
-    try:
-        if ctx.enabled and not ctx.is_main and qat_config is None:
-            return {"rank": ctx.rank, "export": None, "report": None, "accuracy": {}}
-        result = _export_model(**args, dist=ctx)
-        barrier(ctx)
-        return result
-    finally:
-        shutdown(ctx)
-
-
-def _export_model(
     source: str | Path,
     out_dir: str | Path,
     *,
@@ -400,6 +358,17 @@ def _export_model(
     progress: Progress = NullProgress(),
     dist=None,
 ) -> dict:
+    """``edgefuse export``: load, quantize (PTQ or QAT), export, validate. Returns a summary dict with
+    ``export`` (:class:`ExportResult`), ``report`` (:class:`ValidationReport` or None) and accuracies.
+
+    The gate's verdict is in ``report.passed``; this function does not raise on a failed gate.
+
+    Under ``torchrun`` the QAT step runs data-parallel on every process (DistributedDataParallel);
+    everything else -- export, validation, every file written -- happens on rank 0 only, and the
+    other ranks return ``{"rank": r}`` with no ``export``/``report``. ``dist`` is set by the decorator.
+    """
+    if dist.enabled and not dist.is_main and qat_config is None:
+        return {"rank": dist.rank, "export": None, "report": None, "accuracy": {}}  # nothing to share
     from edgefuse.data import ImageDataset, load_data
     from edgefuse.errors import DataError, UsageError
     from edgefuse.export import DEFAULT_OPSET, export_artifacts
@@ -476,7 +445,7 @@ def _export_model(
                              else quantize_ptq(model, reader, xcfg, progress=progress))
             if test_ds is not None:
                 result["accuracy"]["xnnpack_int8_pytorch"] = _accuracy(pte_quantized.program, test_ds)
-    if dist is not None and dist.enabled and not dist.is_main:
+    if dist.enabled and not dist.is_main:
         return {"rank": dist.rank, "export": None, "report": None, "accuracy": result["accuracy"]}
     manifest_extra = {"source": {k: v for k, v in info.items() if k != "metrics"},
                       "data": {s: {"fingerprint": sp.fingerprint} for s, sp in splits.items()},

@@ -9,6 +9,7 @@ files and prints.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -69,3 +70,19 @@ def shutdown(ctx: DistContext) -> None:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def joins_process_group(fn):
+    """Run ``fn(..., dist=ctx)`` inside torchrun's process group (a single-process context outside it)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        ctx = init_from_env()
+        try:
+            result = fn(*args, dist=ctx, **kwargs)
+            barrier(ctx)
+            return result
+        finally:
+            shutdown(ctx)
+
+    return wrapper

@@ -10,6 +10,18 @@ from edgefuse._files import MAX_MODEL_BYTES, check_input_file
 from edgefuse.errors import InputFileError
 
 
+def _in_fixed_batches(run, x: np.ndarray, batch: int) -> np.ndarray:
+    """Run a fixed-batch model over any number of rows: split, pad the last chunk, drop the padding."""
+    outs = []
+    for i in range(0, len(x), batch):
+        chunk = x[i : i + batch]
+        n = len(chunk)
+        if n < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+        outs.append(run(np.ascontiguousarray(chunk))[:n])
+    return np.concatenate(outs)
+
+
 class OrtModel:
     """An onnxruntime CPU session over an ``.onnx`` or ``.ort`` file.
 
@@ -51,14 +63,8 @@ class OrtModel:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if self.fixed_batch is None:
             return self.session.run(None, {self.input_name: x})[0]
-        b, outs = self.fixed_batch, []
-        for i in range(0, len(x), b):
-            chunk = x[i : i + b]
-            n = len(chunk)
-            if n < b:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - n, axis=0)])
-            outs.append(self.session.run(None, {self.input_name: chunk})[0][:n])
-        return np.concatenate(outs)
+        return _in_fixed_batches(lambda chunk: self.session.run(None, {self.input_name: chunk})[0], x,
+                                 self.fixed_batch)
 
     def end_profiling(self) -> str:
         return self.session.end_profiling()
@@ -108,15 +114,7 @@ class PteModel:
         return self.method.execute([torch.from_numpy(x)])[0].numpy()
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        b, outs = self.fixed_batch, []
-        for i in range(0, len(x), b):
-            chunk = x[i : i + b]
-            n = len(chunk)
-            if n < b:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - n, axis=0)])
-            outs.append(self._run1(np.ascontiguousarray(chunk))[:n])
-        return np.concatenate(outs)
+        return _in_fixed_batches(self._run1, np.ascontiguousarray(x, dtype=np.float32), self.fixed_batch)
 
 
 def load_runtime(path: str | Path, threads: int = 1):
