@@ -196,10 +196,12 @@ def verify_artifacts(out_dir: str | Path) -> VerifyResult:
         raise InputFileError(f"{out} holds no {MANIFEST}: not an edgefuse artifact folder (or an export was interrupted)")
     try:
         manifest = json.loads(mpath.read_text())
-        entries = manifest["artifacts"]
-        assert manifest.get("schema") == "edgefuse.manifest" and isinstance(entries, list)
-    except Exception:
-        raise InputFileError(f"{mpath} is not a readable edgefuse manifest") from None
+    except (OSError, UnicodeDecodeError, ValueError):
+        manifest = None
+    entries = manifest.get("artifacts") if isinstance(manifest, dict) else None
+    if (not isinstance(manifest, dict) or manifest.get("schema") != "edgefuse.manifest"
+            or not isinstance(entries, list) or not all(isinstance(a, dict) for a in entries)):
+        raise InputFileError(f"{mpath} is not a readable edgefuse manifest")
     checked, problems, warnings = [], [], []
     for a in entries:
         name = a.get("file", "")

@@ -10,7 +10,8 @@ the patterns its kernels take. edgefuse adds what the ONNX path already does for
 * a weight used by several convolutions (CBAM's channel MLP runs on both the mean and the max
   descriptor) is quantized for each of them: XNNPACK's annotator skips a conv whose weight another
   conv already claimed, leaving it fp32 on the same weight, and XNNPACK then refuses the whole
-  program at load time ("Failed to create convolution node");
+  program at load time ("Failed to create convolution node"); a shared fp32 bias is quantized by
+  XNNPACK's serializer once, for the first conv's input scale, and silently reused by the other;
 * ``QuantConfig.exclude`` keeps matching modules in fp32.
 
 Needs the optional ``executorch`` extra.
