@@ -15,6 +15,11 @@ _NOISY_LOGGERS = (
 )
 
 
+def debug_enabled() -> bool:
+    """``EDGEFUSE_DEBUG=1``: keep every third-party message and show tracebacks."""
+    return os.environ.get("EDGEFUSE_DEBUG", "") not in ("", "0")
+
+
 def silence_loggers() -> None:
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -26,7 +31,7 @@ def quiet():
 
     With ``EDGEFUSE_DEBUG=1`` nothing is swallowed.
     """
-    if os.environ.get("EDGEFUSE_DEBUG", "") not in ("", "0"):
+    if debug_enabled():
         yield
         return
     silence_loggers()
@@ -51,7 +56,7 @@ def quiet_native():
     ExecuTorch's runtime logs CPU probing and onnxruntime logs graph clean-ups there; neither is
     useful to a user, and Python-level redirection cannot catch them. ``EDGEFUSE_DEBUG=1`` keeps them.
     """
-    if os.environ.get("EDGEFUSE_DEBUG", "") not in ("", "0"):
+    if debug_enabled():
         yield
         return
     import sys

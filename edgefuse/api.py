@@ -14,6 +14,7 @@ def gate_log_path(checkpoint: str | Path) -> Path:
     return p.with_name(p.stem + ".gates.jsonl")
 
 
+@_joins_process_group
 def train_model(
     *,
     model: str,
@@ -31,8 +32,12 @@ def train_model(
     attention_lr_scale: float = 0.2,
     seed: int = 0,
     progress: Progress = NullProgress(),
+    dist=None,
 ) -> dict:
     """Train a zoo model on ``data`` and write the checkpoint ``out`` and its gate log.
+
+    Under ``torchrun`` every process trains its share with DistributedDataParallel and rank 0 alone
+    writes; ``dist`` is set by the decorator.
 
     Returns:
         A summary: model, fusion, data, accuracies, sample counts, seconds and file paths.
@@ -57,29 +62,22 @@ def train_model(
     torch.manual_seed(seed)
     net = create_model(model, len(splits.class_names), fusion=fusion, width=width, in_chans=ch,
                        input_size=input_size, fusion_kwargs=fusion_kwargs or {}, **extra_kwargs)
-    from edgefuse.distributed import barrier, init_from_env, shutdown
-
     out = Path(out)
     log = gate_log_path(out)
-    ctx = init_from_env()  # under torchrun: DistributedDataParallel over the process group
-    try:
-        if ctx.is_main:
-            out.parent.mkdir(parents=True, exist_ok=True)
-        result = train(net, splits, contract, config, log_path=log, progress=progress, dist=ctx)
-        metrics = {**result.metrics(), "test_samples": len(splits.test), "data": splits.source,
-                   "data_fingerprint": splits.fingerprint}
-        if ctx.enabled:
-            metrics["world_size"] = ctx.world_size
-        if ctx.is_main:  # one writer
-            save_checkpoint(out, net, contract, metrics=metrics, extra={"train_config": config.__dict__})
-        barrier(ctx)
-    finally:
-        shutdown(ctx)
+    if dist.is_main:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    result = train(net, splits, contract, config, log_path=log, progress=progress, dist=dist)
+    metrics = {**result.metrics(), "test_samples": len(splits.test), "data": splits.source,
+               "data_fingerprint": splits.fingerprint}
+    if dist.enabled:
+        metrics["world_size"] = dist.world_size
+    if dist.is_main:  # one writer
+        save_checkpoint(out, net, contract, metrics=metrics, extra={"train_config": config.__dict__})
     return {
         "model": model, "fusion": fusion, "data": splits.source,
         "val_top1": result.val_accuracy, "test_top1": result.test_accuracy,
         "test_samples": len(splits.test), "train_seconds": result.seconds,
-        "checkpoint": str(out), "gate_log": str(log), "rank": ctx.rank, "world_size": ctx.world_size,
+        "checkpoint": str(out), "gate_log": str(log), "rank": dist.rank, "world_size": dist.world_size,
     }
 
 
@@ -94,18 +92,16 @@ def describe_checkpoint(path: str | Path) -> dict:
     return {
         "model": loaded.spec["name"],
         "arguments": kwargs,
-        "classes": list(c.class_names),
         "parameters": count_params(loaded.model),
         "MACs": count_macs(loaded.model, c.input_shape),
-        "input": f"{c.input_name}: 1x{c.channels}x{c.input_size}x{c.input_size} {c.layout}, {c.color}",
-        "preprocessing": {"resize": c.resize, "scale": round(c.scale, 8), "mean": list(c.mean), "std": list(c.std)},
+        **_contract_rows(c),
         "metrics": loaded.metrics,
     }
 
 
 def _contract_rows(c) -> dict:
     return {
-        "input": f"{c.input_name}: {c.channels}x{c.input_size}x{c.input_size} {c.layout}, {c.color}",
+        "input": f"{c.input_name}: {'x'.join(map(str, c.input_shape))} {c.layout}, {c.color}",
         "preprocessing": {"resize": c.resize, "scale": round(c.scale, 8), "mean": list(c.mean), "std": list(c.std)},
         "classes": list(c.class_names),
     }

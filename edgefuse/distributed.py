@@ -10,6 +10,7 @@ files and prints.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 
@@ -86,3 +87,44 @@ def joins_process_group(fn):
             shutdown(ctx)
 
     return wrapper
+
+
+class EpochShards:
+    """Which rows each optimisation step reads: all of them in one process, or this rank's share.
+
+    Under torchrun a ``DistributedSampler`` deals every epoch's shuffled rows out to the ranks and each
+    step takes ``batch_size // world_size`` of them, so the global batch (and with it the learning-rate
+    schedule) is a single process's. ``wrap`` puts the trained module in ``DistributedDataParallel``.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, ctx: DistContext | None = None) -> None:
+        self.n = n
+        self.world = ctx.world_size if ctx is not None and ctx.enabled else 1
+        self.sampler = None
+        if self.world > 1:
+            from torch.utils.data.distributed import DistributedSampler
+
+            self.sampler = DistributedSampler(range(n), num_replicas=self.world, rank=ctx.rank, shuffle=True,
+                                              seed=seed)
+        self.batch = max(1, batch_size // self.world)
+        self.rows = len(self.sampler) if self.sampler is not None else n
+        self.steps = math.ceil(self.rows / self.batch)
+
+    def wrap(self, module):
+        if self.sampler is None:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(module)
+
+    def order(self, epoch: int, gen):
+        """This rank's row indices for ``epoch`` (single process: a permutation drawn from ``gen``)."""
+        import torch
+
+        if self.sampler is None:
+            return torch.randperm(self.n, generator=gen)
+        self.sampler.set_epoch(epoch)
+        return torch.as_tensor(list(iter(self.sampler)))
+
+    def step_rows(self, order, step: int):
+        return order[step * self.batch : (step + 1) * self.batch]

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from edgefuse.blocks import ATTENTION_MODULES, Gate
 from edgefuse.data import DataSplits, ImageDataset, PreprocessContract
+from edgefuse.distributed import EpochShards
 from edgefuse.errors import UsageError
 from edgefuse.progress import NullProgress, Progress
 
@@ -187,23 +188,14 @@ def train(
     # Preprocess once: the source images are small and fixed; augmentation happens on tensors.
     xs = torch.stack([train_ds[i][0] for i in range(len(train_ds))])
     ys = torch.as_tensor(data.train.labels)
-    world = dist.world_size if dist is not None and dist.enabled else 1
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-        from torch.utils.data.distributed import DistributedSampler
-
-        if config.batch_size < world:
-            raise UsageError(f"--batch-size {config.batch_size} is smaller than the {world} processes")
-        sampler = DistributedSampler(range(len(xs)), num_replicas=world, rank=dist.rank, shuffle=True,
-                                     seed=config.seed, drop_last=False)
-        trainee = DistributedDataParallel(model)
-        local_batch = config.batch_size // world
-        shard = len(sampler)
+    shards = EpochShards(len(xs), config.batch_size, config.seed, dist)
+    if shards.world > 1:
+        if config.batch_size < shards.world:
+            raise UsageError(f"--batch-size {config.batch_size} is smaller than the {shards.world} processes")
         if dist.rank != 0:
             log_path, progress = None, NullProgress()
-    else:
-        trainee, local_batch, shard = model, config.batch_size, len(xs)
-    steps_per_epoch = math.ceil(shard / local_batch)
+    trainee = shards.wrap(model)
+    steps_per_epoch = shards.steps
     total = steps_per_epoch * config.epochs
     warm = steps_per_epoch * config.warmup_epochs
     opt = torch.optim.AdamW(param_groups(model, config))
@@ -222,14 +214,10 @@ def train(
     try:
         for epoch in range(config.epochs):
             model.train()
-            if world > 1:
-                sampler.set_epoch(epoch)
-                order = torch.as_tensor(list(iter(sampler)))
-            else:
-                order = torch.randperm(len(xs), generator=gen)
+            order = shards.order(epoch, gen)
             loss_sum = correct = 0.0
             for b in range(steps_per_epoch):
-                idx = order[b * local_batch : (b + 1) * local_batch]
+                idx = shards.step_rows(order, b)
                 x, y = _shift(xs[idx], config.shift, gen), ys[idx]
                 for g, base in zip(opt.param_groups, base_lrs):
                     g["lr"] = base * lr_factor(step)

@@ -7,7 +7,6 @@ Errors from the library become one line on stderr and an exit code: 0 success, 1
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -430,7 +429,9 @@ class _Interrupted(BaseException):
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app and map errors to one line and an exit code."""
-    debug = os.environ.get("EDGEFUSE_DEBUG", "") not in ("", "0")
+    from edgefuse._quiet import debug_enabled
+
+    debug = debug_enabled()
     import signal
 
     def _stop(signum, frame):

@@ -22,6 +22,7 @@ from edgefuse._versions import cpu_name, sha256_file, versions
 from edgefuse.data.contract import PreprocessContract
 from edgefuse.errors import ExportError, UsageError
 from edgefuse.export.onnx import DEFAULT_OPSET, export_onnx
+from edgefuse.export.sidecar import contract_metadata
 from edgefuse.export.onnx_checks import (
     compact,
     reduce_mean_to_global_pool,
@@ -112,12 +113,7 @@ def _finish_onnx(path: Path, contract: PreprocessContract, precision: str, simpl
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     details["global_pools"] = reduce_mean_to_global_pool(model)
-    set_metadata(model, {
-        "edgefuse.contract": contract.to_json(),
-        "edgefuse.precision": precision,
-        "edgefuse.version": versions().get("edgefuse", ""),
-        "class_names": json.dumps(list(contract.class_names)),
-    })
+    set_metadata(model, contract_metadata(contract, precision, versions().get("edgefuse", "")))
     model.producer_name = "edgefuse"
     compact(model)
     onnx.checker.check_model(model)

@@ -61,15 +61,21 @@ def read_sidecar(artifact: str | Path) -> dict:
     return data
 
 
+def contract_metadata(contract: PreprocessContract, precision: str, edgefuse_version: str) -> dict[str, str]:
+    """The keys edgefuse writes into ONNX ``metadata_props`` (and reads back from any artifact)."""
+    return {
+        "edgefuse.contract": contract.to_json(),
+        "edgefuse.precision": precision,
+        "edgefuse.version": edgefuse_version,
+        "class_names": json.dumps(list(contract.class_names)),
+    }
+
+
 def read_sidecar_metadata(artifact: str | Path) -> dict[str, str]:
     """The sidecar flattened to the keys edgefuse writes into ONNX ``metadata_props``."""
     try:
         data = read_sidecar(artifact)
     except InputFileError:
         return {}
-    return {
-        "edgefuse.contract": json.dumps(data["contract"], sort_keys=True),
-        "edgefuse.precision": str(data.get("precision", "")),
-        "edgefuse.version": str(data.get("versions", {}).get("edgefuse", "")),
-        "class_names": json.dumps(data["contract"].get("class_names", [])),
-    }
+    return contract_metadata(PreprocessContract.from_dict(data["contract"]), str(data.get("precision", "")),
+                             str(data.get("versions", {}).get("edgefuse", "")))

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from edgefuse._quiet import import_pt2e, quiet
+from edgefuse.distributed import EpochShards
 from edgefuse.errors import DataError, UsageError
 from edgefuse.progress import NullProgress, Progress
 from edgefuse.quantize.config import QuantConfig
@@ -250,19 +251,11 @@ def quantize_qat(
     _ao.move_exported_model_to_train(prepared)
     opt = torch.optim.AdamW(prepared.parameters(), lr=qat.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(qat.seed)
-    world = dist.world_size if dist is not None and dist.enabled else 1
-    batch, trainee, sampler = qat.batch_size, prepared, None
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-        from torch.utils.data.distributed import DistributedSampler
-
-        sampler = DistributedSampler(range(n), num_replicas=world, rank=dist.rank, shuffle=True, seed=qat.seed)
-        trainee = DistributedDataParallel(prepared)
-        batch = max(1, qat.batch_size // world)
-        if dist.rank != 0:
-            progress = NullProgress()
-    shard = len(sampler) if sampler is not None else n
-    steps = math.ceil(shard / batch)
+    shards = EpochShards(n, qat.batch_size, qat.seed, dist)
+    trainee = shards.wrap(prepared)
+    if shards.world > 1 and dist.rank != 0:
+        progress = NullProgress()
+    steps = shards.steps
     total = steps * qat.epochs
     history: list[dict] = []
     progress.start("qat", total)
@@ -273,14 +266,10 @@ def quantize_qat(
                 _freeze_bn(prepared)
             if epoch >= qat.freeze_observer_epoch:
                 prepared.apply(_ao.disable_observer)
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-                order = torch.as_tensor(list(iter(sampler)))
-            else:
-                order = torch.randperm(n, generator=gen)
+            order = shards.order(epoch, gen)
             loss_sum = 0.0
             for b in range(steps):
-                idx = order[b * batch : (b + 1) * batch]
+                idx = shards.step_rows(order, b)
                 for g in opt.param_groups:
                     g["lr"] = qat.lr * 0.5 * (1 + math.cos(math.pi * step / total))
                 logits = trainee(xs[idx])
