@@ -79,9 +79,46 @@ def make_quantizer(config: QuantConfig, is_qat: bool = False):
     return EdgefuseQuantizer(config, is_qat=is_qat)
 
 
-def _convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+_qd = torch.ops.quantized_decomposed
+_QUANT_OPS = {_qd.quantize_per_tensor.default, _qd.quantize_per_tensor.tensor}
+_DEQUANT_OPS = {_qd.dequantize_per_tensor.default, _qd.dequantize_per_tensor.tensor}
+
+
+def fp32_inputs_for_excluded(program: torch.fx.GraphModule, exclude: tuple[str, ...]) -> int:
+    """Feed ops of excluded modules the fp32 value, not its int8 round trip.
+
+    An excluded op is not annotated, but the op before it may quantize its own output (a conv
+    does), which would still hand the excluded op a DequantizeLinear'd input and keep the error the
+    user excluded it to avoid. Returns the number of inputs rewired.
+    """
+    import re
+
+    from edgefuse.quantize.quantizer import module_path
+
+    patterns = [re.compile(p) for p in exclude]
+    if not patterns:
+        return 0
+    rewired = 0
+    for dq in list(program.graph.nodes):
+        if dq.op != "call_function" or dq.target not in _DEQUANT_OPS:
+            continue
+        q = dq.args[0]
+        if not isinstance(q, torch.fx.Node) or q.target not in _QUANT_OPS:
+            continue
+        for user in list(dq.users):
+            if user.op == "call_function" and any(p.search(module_path(user)) for p in patterns):
+                user.replace_input_with(dq, q.args[0])
+                rewired += 1
+    if rewired:
+        program.graph.eliminate_dead_code()
+        program.recompile()
+    return rewired
+
+
+def _convert(prepared: torch.fx.GraphModule, config: QuantConfig) -> torch.fx.GraphModule:
     with quiet():
         program = convert_pt2e(prepared)
+    fp32_inputs_for_excluded(program, config.exclude)
     # Let generic code call .eval() on the program (it has no train-only behaviour left).
     _ao.allow_exported_model_train_eval(program)
     return program
@@ -161,7 +198,7 @@ def quantize_ptq(
                 progress.advance("calibrate")
     finally:
         progress.finish("calibrate")
-    return QuantizedModel(_convert(prepared), config, "ptq", first[:1].clone(), seen)
+    return QuantizedModel(_convert(prepared, config), config, "ptq", first[:1].clone(), seen)
 
 
 @dataclass(frozen=True)
@@ -288,4 +325,4 @@ def quantize_qat(
     finally:
         progress.finish("qat")
     _ao.move_exported_model_to_eval(prepared)
-    return QuantizedModel(_convert(prepared), config, "qat", xs[:1].clone(), n, history)
+    return QuantizedModel(_convert(prepared, config), config, "qat", xs[:1].clone(), n, history)
