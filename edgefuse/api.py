@@ -350,14 +350,23 @@ def export_model(
     runs: int = 100,
     force: bool = False,
     seed: int = 0,
+    fallback: bool = True,
+    baseline: dict | None = None,
+    baseline_tolerance: float = 0.0,
     model_kwargs: dict | None = None,
     progress: Progress = NullProgress(),
     dist=None,
 ) -> dict:
     """``edgefuse export``: load, quantize (PTQ or QAT), export, validate. Returns a summary dict with
-    ``export`` (:class:`ExportResult`), ``report`` (:class:`ValidationReport` or None) and accuracies.
+    ``export`` (:class:`ExportResult`), ``report`` (:class:`ValidationReport` or None), accuracies and
+    ``fallback`` (:class:`edgefuse.quantize.fallback.FallbackResult` or None).
 
     The gate's verdict is in ``report.passed``; this function does not raise on a failed gate.
+
+    With ``budgets.max_drop`` and ``fallback``, an int8 build whose top-1 drop on the *validation* split
+    exceeds the budget is rebuilt with its most sensitive modules in fp32 (greedy by measured
+    sensitivity) until it fits; the *test* split then judges the result, so the choice is not fitted to
+    the data that gates it. The kept modules and the latency each costs go to the manifest and report.
 
     Under ``torchrun`` the QAT step runs data-parallel on every process (DistributedDataParallel);
     everything else -- export, validation, every file written -- happens on rank 0 only, and the
@@ -400,6 +409,11 @@ def export_model(
             from dataclasses import replace
 
             contract = replace(contract, class_names=tuple(names))
+    if budgets.min_samples and eval_source and int8 and validate:
+        have = len(splits[eval_source].test)
+        if have < budgets.min_samples:  # refuse before any work, not after writing artifacts
+            raise UsageError(f"the gate needs at least {budgets.min_samples} evaluation images (--min-samples) but "
+                             f"the test split of {eval_source} holds {have}")
     import torch
 
     probe = torch.zeros(contract.input_shape)
@@ -429,6 +443,16 @@ def export_model(
                 quantized = quantize_qat(model, calib_ds, quant_config, qat_config, progress=progress, dist=dist)
                 if test_ds is not None:
                     result["accuracy"]["qat_pytorch"] = _accuracy(quantized.program, test_ds)
+            if fallback and budgets.max_drop is not None and eval_source:
+                rebuilt, fb = _accuracy_fallback(model, quantized, calib_ds, splits[eval_source], contract,
+                                                 quant_config, qat_config, budgets, progress, dist)
+                if fb is not None:
+                    result["fallback"] = fb
+                    if rebuilt is not None:
+                        quantized = rebuilt
+                        quant_config = rebuilt.config  # the .pte build keeps the same modules in fp32
+                        if test_ds is not None:
+                            result["accuracy"]["fallback_pytorch"] = _accuracy(quantized.program, test_ds)
         if "pte" in formats:
             # ExecuTorch runs XNNPACK's int8 kernels: same calibration data and gate rules, XNNPACK's
             # signed-int8 scheme.
@@ -446,6 +470,10 @@ def export_model(
     manifest_extra = {"source": {k: v for k, v in info.items() if k != "metrics"},
                       "data": {s: {"fingerprint": sp.fingerprint} for s, sp in splits.items()},
                       "seed": seed, "accuracy_pytorch": result["accuracy"]}
+    fb = result.get("fallback")
+    if fb is not None and fb.kept_fp32:
+        fb.latency_ms = _fallback_latency(model, calib_ds, fb, quantized.config, threads, runs)
+        manifest_extra["fp32_fallback"] = fb.to_dict()
     check_inputs = None
     if test_ds is not None:
         check_inputs = torch.stack([test_ds[i][0] for i in range(min(16, len(test_ds)))])
@@ -461,7 +489,9 @@ def export_model(
         reports = {}
         for fmt, fp32_file, int8_file in pairs:
             reports[fmt] = validate_models(fp32_file, int8_file, test_ds, threads=threads, runs=runs, budgets=budgets,
-                                           progress=progress, data_info=data_info)
+                                           progress=progress, data_info=data_info,
+                                           baseline=baseline if not reports else None,
+                                           baseline_tolerance=baseline_tolerance)
         fmt0, report = next(iter(reports.items()))
         report.extra["accuracy_pytorch"] = result["accuracy"]
         if len(reports) > 1:
@@ -481,9 +511,71 @@ def export_model(
         if usability:
             report.extra["mobile_usability"] = usability
         report.extra["notes"] = exported.notes
+        if fb is not None:
+            report.extra["fp32_fallback"] = fb.to_dict()
+            if not fb.met:
+                report.failures.append(
+                    f"the fp32 fallback could not bring the {fb.split}-split drop within budget: "
+                    f"{100 * (fb.fp32_top1 - fb.after_top1):.2f} pp with {len(fb.kept_fp32)} module(s) in fp32")
         write_report(report, out)
         result["report"] = report
     return result
+
+
+def _accuracy_fallback(model, quantized, calib_ds, split, contract, quant_config, qat_config, budgets, progress, dist):
+    """Run the fp32 fallback when the int8 build's drop on the validation split exceeds the budget."""
+    from edgefuse.data import ImageDataset
+    from edgefuse.quantize import TensorBatches, quantize_ptq, quantize_qat
+    from edgefuse.quantize.fallback import accuracy_fallback
+    from edgefuse.validate.report import drop_of
+
+    val_ds = ImageDataset(split.val, contract)
+    if len(val_ds) == 0:
+        return None, None
+    fp32, int8 = _accuracy(model, val_ds), _accuracy(quantized.program, val_ds)
+    if drop_of(fp32, int8, budgets.drop_type) <= budgets.max_drop + 1e-9:
+        return None, None
+
+    def rebuild(cfg):
+        if qat_config is not None:
+            return quantize_qat(model, calib_ds, cfg, qat_config, progress=progress, dist=dist)
+        return quantize_ptq(model, TensorBatches(calib_ds, cfg.calib_samples, cfg.calib_batch_size), cfg,
+                            progress=progress)
+
+    return accuracy_fallback(model, calib_ds, val_ds, quant_config, rebuild, max_drop=budgets.max_drop,
+                             drop_type=budgets.drop_type, progress=progress)
+
+
+def _fallback_latency(model, calib_ds, fb, config, threads: int, runs: int) -> dict:
+    """onnxruntime latency of the all-int8 build and of each fallback step, interleaved in one run: what
+    every module kept in fp32 costs. Latency depends on the graph, not the weights, so PTQ builds stand in
+    for QAT ones."""
+    import tempfile
+    from dataclasses import replace
+
+    import numpy as np
+
+    from edgefuse.export import export_onnx
+    from edgefuse.quantize import TensorBatches, quantize_ptq
+    from edgefuse.quantize.analysis import exclude_pattern
+    from edgefuse.validate.latency import interleaved_latency
+    from edgefuse.validate.runtime import OrtModel
+
+    kept_patterns = {exclude_pattern(k) for k in fb.kept_fp32}
+    base = tuple(p for p in config.exclude if p not in kept_patterns)
+    x = calib_ds[0][0][None]
+    sessions = {}
+    with tempfile.TemporaryDirectory(prefix="edgefuse-fallback-") as tmp:
+        for i in range(len(fb.kept_fp32) + 1):
+            cfg = replace(config, exclude=base + tuple(exclude_pattern(k) for k in fb.kept_fp32[:i]))
+            q = quantize_ptq(model, TensorBatches(calib_ds, cfg.calib_samples, cfg.calib_batch_size), cfg)
+            path = export_onnx(q.program, (x,), Path(tmp) / f"step{i}.onnx")
+            sessions[i] = OrtModel(path, threads)
+        x1 = np.ascontiguousarray(x.numpy())
+        lat = interleaved_latency({i: (lambda s=s: s.run(x1)) for i, s in sessions.items()}, runs=max(30, runs // 2))
+    ms = [lat[i]["median_ms"] for i in range(len(sessions))]
+    return {"all_int8_ms": ms[0], "final_ms": ms[-1], "threads": threads,
+            "steps": [{"module": m, "ms": ms[i + 1], "cost_ms": ms[i + 1] - ms[i]} for i, m in enumerate(fb.kept_fp32)]}
 
 
 def _format_summary(r) -> dict:
@@ -538,6 +630,8 @@ def validate_files(
     runs: int = 100,
     seed: int = 0,
     contract_flags: dict | None = None,
+    baseline: dict | None = None,
+    baseline_tolerance: float = 0.0,
     progress: Progress = NullProgress(),
 ):
     """``edgefuse validate``: compare two model files (``.onnx``/``.ort`` or ``.pte``) on labelled data; write
@@ -563,7 +657,8 @@ def validate_files(
             raise UsageError(f"the data's classes differ from the model's ({', '.join(contract.class_names[:5])}...)")
         dataset = ImageDataset(splits.split(split), contract)
     report = validate_models(fp32, int8, dataset, threads=threads, runs=runs, budgets=budgets or Budgets(),
-                             data_info={"source": data, "split": split}, progress=progress)
+                             data_info={"source": data, "split": split}, progress=progress,
+                             baseline=baseline, baseline_tolerance=baseline_tolerance)
     if out_dir:
         write_report(report, out_dir)
     return report

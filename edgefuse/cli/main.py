@@ -173,7 +173,21 @@ def _print_report(report, accuracy: dict | None = None) -> None:
     out.print(line, highlight=False)
     if report.accuracy_drop is not None:
         unit = "pp" if report.budgets.drop_type == "absolute" else "% relative"
-        out.print(f"accuracy drop {report.accuracy_drop:.2f} {unit} on {report.data.get('samples')} images", highlight=False)
+        ci = (f" (95% CI {report.drop_ci[0]:.2f} .. {report.drop_ci[1]:.2f})" if report.drop_ci else "")
+        out.print(f"accuracy drop {report.accuracy_drop:.2f} {unit}{ci} on {report.data.get('samples')} images",
+                  highlight=False)
+        if report.per_class:
+            w = report.per_class[0]
+            out.print(f"worst class: {w['class']} {pct(w['fp32_top1'])} -> {pct(w['int8_top1'])} "
+                      f"({w['drop_pp']:+.2f} pp, {w['samples']} images)", highlight=False)
+    fb = report.extra.get("fp32_fallback")
+    if fb:
+        from edgefuse.validate.report import fallback_summary
+
+        out.print("fp32 fallback: " + fallback_summary(fb), highlight=False)
+        for st in (fb.get("latency_ms") or {}).get("steps", []):
+            out.print(f"  kept {st['module']} in fp32: int8 latency {st['ms']:.3f} ms ({st['cost_ms']:+.3f} ms)",
+                      highlight=False)
     if accuracy:
         out.print("PyTorch top-1: " + ", ".join(f"{k.replace('_pytorch', '')} {pct(v)}" for k, v in accuracy.items()),
                   highlight=False)
@@ -200,6 +214,14 @@ def _print_report(report, accuracy: dict | None = None) -> None:
     if report.extra.get("doctor"):
         out.print("why int8 is not faster (edgefuse doctor):\n" + report.extra["doctor"], highlight=False)
     out.print(f"gate: {'[green]PASSED[/]' if report.passed else '[red]FAILED[/]'}")
+
+
+def _baseline(path: Optional[Path]):
+    if path is None:
+        return None
+    from edgefuse.validate.stats import load_baseline
+
+    return load_baseline(path)
 
 
 def _gate_exit(report) -> None:
@@ -236,6 +258,18 @@ def export(
     max_drop: Optional[float] = typer.Option(None, help="Gate: largest top-1 drop of int8 vs fp32 (percentage points)."),
     drop_type: str = typer.Option("absolute", help="absolute (pp) or relative (% of fp32 accuracy)."),
     max_latency_ratio: float = typer.Option(1.0, help="Gate: largest int8/fp32 median latency (1.0 = parity)."),
+    drop_bound: str = typer.Option("estimate", help="What --max-drop is compared with: estimate (the measured "
+                                                    "drop) or upper (the upper end of its bootstrap 95% CI: passes "
+                                                    "only when the data show the drop is within budget)."),
+    min_samples: int = typer.Option(0, help="Refuse (exit 2) to gate on fewer evaluation images than this."),
+    baseline: Optional[Path] = typer.Option(None, help="A stored report.json: also fail when int8 top-1 falls more than "
+                                                       "--baseline-tolerance pp below it or the latency ratio rises "
+                                                       "more than 10% above it (same data required)."),
+    baseline_tolerance: float = typer.Option(0.0, help="Allowed int8 top-1 regression against --baseline (pp)."),
+    fallback: bool = typer.Option(True, "--fallback/--no-fallback",
+                                  help="With --max-drop: when int8 loses more than the budget on the validation split, "
+                                       "keep the most sensitive modules in fp32 (greedy, by measured sensitivity) until "
+                                       "it fits; the test split then gates the result."),
     threads: int = typer.Option(1, help="onnxruntime threads for the latency measurement."),
     runs: int = typer.Option(100, help="Timed runs per model (interleaved, after 10 warm-up runs)."),
     no_validate: bool = typer.Option(False, "--no-validate", help="Skip the onnxruntime validation and gate."),
@@ -269,7 +303,9 @@ def export(
     qcfg = QuantConfig(per_channel=per_channel, calibration=calibration, calib_samples=calib_samples,
                        exclude=tuple(exclude or ()), activation_dtype=tgt.activation_dtype,
                        reduce_range=tgt.reduce_range, target=tgt.name)
-    budgets = Budgets(max_drop=max_drop, drop_type=drop_type, max_latency_ratio=max_latency_ratio)
+    budgets = Budgets(max_drop=max_drop, drop_type=drop_type, max_latency_ratio=max_latency_ratio,
+                      drop_bound=drop_bound, min_samples=min_samples)
+    base = _baseline(baseline)
     qat_cfg = QATConfig(epochs=epochs, lr=qat_lr, seed=seed, freeze_observer_epoch=max(1, epochs - 1)) if qat else None
     if qat and not int8:
         int8 = True
@@ -282,8 +318,8 @@ def export(
         res = export_model(
             model, out, int8=int8, calib=calib, data=data, quant_config=qcfg, qat_config=qat_cfg, formats=fmts,
             batch=batch, opset=opset, budgets=budgets, validate=not no_validate, threads=threads, runs=runs,
-            force=force, seed=seed, progress=progress,
-            model_kwargs={"factory": factory, "trust_pickle": trust_pickle, "input_size": input_size, "channels": channels,
+            force=force, seed=seed, fallback=fallback, baseline=base, baseline_tolerance=baseline_tolerance,
+            progress=progress, model_kwargs={"factory": factory, "trust_pickle": trust_pickle, "input_size": input_size, "channels": channels,
                           "mean": _floats(mean), "std": _floats(std)},
         )
     finally:
@@ -319,6 +355,14 @@ def validate(
     max_drop: Optional[float] = typer.Option(None, help="Gate: largest top-1 drop (percentage points)."),
     drop_type: str = typer.Option("absolute", help="absolute (pp) or relative (% of fp32 accuracy)."),
     max_latency_ratio: float = typer.Option(1.0, help="Gate: largest int8/fp32 median latency (1.0 = parity)."),
+    drop_bound: str = typer.Option("estimate", help="What --max-drop is compared with: estimate (the measured "
+                                                    "drop) or upper (the upper end of its bootstrap 95% CI: passes "
+                                                    "only when the data show the drop is within budget)."),
+    min_samples: int = typer.Option(0, help="Refuse (exit 2) to gate on fewer evaluation images than this."),
+    baseline: Optional[Path] = typer.Option(None, help="A stored report.json: also fail when int8 top-1 falls more than "
+                                                       "--baseline-tolerance pp below it or the latency ratio rises "
+                                                       "more than 10% above it (same data required)."),
+    baseline_tolerance: float = typer.Option(0.0, help="Allowed int8 top-1 regression against --baseline (pp)."),
     threads: int = typer.Option(1, help="onnxruntime intra-op threads."),
     runs: int = typer.Option(100, help="Timed runs per model (interleaved, after 10 warm-up runs)."),
     input_size: Optional[int] = typer.Option(None, help="Input side, for models without an edgefuse contract."),
@@ -335,12 +379,14 @@ def validate(
     from edgefuse.api import validate_files
     from edgefuse.validate import Budgets
 
-    budgets = Budgets(max_drop=max_drop, drop_type=drop_type, max_latency_ratio=max_latency_ratio)
+    budgets = Budgets(max_drop=max_drop, drop_type=drop_type, max_latency_ratio=max_latency_ratio,
+                      drop_bound=drop_bound, min_samples=min_samples)
+    base = _baseline(baseline)
     progress = _progress(quiet or json_out)
     try:
         report = validate_files(fp32, int8, data=data, split=split, out_dir=out, budgets=budgets, threads=threads,
-                                runs=runs, seed=seed, progress=progress,
-                                contract_flags={"input_size": input_size, "channels": channels,
+                                runs=runs, seed=seed, progress=progress, baseline=base,
+                                baseline_tolerance=baseline_tolerance, contract_flags={"input_size": input_size, "channels": channels,
                                                 "mean": _floats(mean), "std": _floats(std)})
     finally:
         progress.close()

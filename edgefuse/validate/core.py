@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from edgefuse._versions import cpu_name, versions
-from edgefuse.errors import DataError
+from edgefuse.errors import DataError, UsageError
 from edgefuse.progress import NullProgress, Progress
 from edgefuse.validate.latency import interleaved_latency
 from edgefuse.validate.metrics import agreement, sqnr_db, topk_accuracy
 from edgefuse.validate.report import Budgets, ModelResult, ValidationReport, drop_of, gate_failures
 from edgefuse.validate.runtime import OrtModel, PteModel, load_runtime
+from edgefuse.validate.stats import baseline_failures, bootstrap_drop_ci, per_class_drops
 
 
 def _stream_logits(models: list[OrtModel], dataset, batch_size: int = 64):
@@ -29,6 +30,11 @@ def _stream_logits(models: list[OrtModel], dataset, batch_size: int = 64):
     return [np.concatenate(o) for o in outs], np.asarray(labels)
 
 
+def _class_names(dataset) -> list[str] | None:
+    names = getattr(dataset, "class_names", None) or getattr(getattr(dataset, "contract", None), "class_names", None)
+    return list(names) if names else None
+
+
 def validate_models(
     fp32_path: str | Path,
     int8_path: str | Path,
@@ -41,6 +47,8 @@ def validate_models(
     warmup: int = 10,
     budgets: Budgets = Budgets(),
     latency_input: np.ndarray | None = None,
+    baseline: dict | None = None,
+    baseline_tolerance: float = 0.0,
     progress: Progress = NullProgress(),
 ) -> ValidationReport:
     """Compare an fp32 and an int8 model file on the CPU, in the runtime that ships them.
@@ -55,12 +63,22 @@ def validate_models(
         runs, warmup: latency runs per model (>= 50 recommended) after warm-up calls.
         budgets: what the gate enforces.
         latency_input: one batch-1 input for timing (default: the first dataset item).
+        baseline: a stored report (:func:`edgefuse.validate.stats.load_baseline`); the gate also fails when
+            int8 top-1 falls more than ``baseline_tolerance`` pp below it, or the latency ratio rises
+            more than 10 % above it.
+
+    Raises:
+        UsageError: fewer evaluation images than ``budgets.min_samples``.
 
     Returns:
         The report; ``report.passed`` is the gate's verdict. Nothing is raised for a failed gate.
     """
     if runs < 1 or warmup < 0:
         raise DataError("latency runs must be >= 1 and warm-up >= 0")
+    have = 0 if dataset is None else len(dataset)
+    if budgets.min_samples and have < budgets.min_samples:
+        raise UsageError(f"the gate needs at least {budgets.min_samples} evaluation images (--min-samples) "
+                         f"but the evaluation split holds {have}; a drop measured on so few is chance")
     kinds = {Path(fp32_path).suffix.lower() == ".pte", Path(int8_path).suffix.lower() == ".pte"}
     if len(kinds) != 1:
         raise DataError("compare files of the same runtime: both .onnx/.ort or both .pte")
@@ -68,7 +86,8 @@ def validate_models(
     engine = "executorch" if isinstance(fp32, PteModel) else "onnxruntime"
     top1 = {"fp32": None, "int8": None}
     top5 = {"fp32": None, "int8": None}
-    agree = sq = drop = None
+    agree = sq = drop = ci = None
+    per_class: list[dict] = []
     samples = 0
     if dataset is not None:
         if len(dataset) == 0:
@@ -83,6 +102,9 @@ def validate_models(
             top5[name] = topk_accuracy(logits, labels, 5) if n_classes > 5 else None
         agree, sq = agreement(lf, lq), sqnr_db(lf, lq)
         drop = drop_of(top1["fp32"], top1["int8"], budgets.drop_type)
+        pf, pq = lf.argmax(1), lq.argmax(1)
+        ci = bootstrap_drop_ci(pf == labels, pq == labels, drop_type=budgets.drop_type)
+        per_class = per_class_drops(labels, pf, pq, _class_names(dataset))
     if latency_input is None:
         if dataset is None:
             shape = [d if isinstance(d, int) else 1 for d in fp32.input_shape]
@@ -109,8 +131,15 @@ def validate_models(
         fp32=ModelResult(str(fp32_path), "fp32", size_f, top1["fp32"], top5["fp32"], lat["fp32"]),
         int8=ModelResult(str(int8_path), "int8", size_q, top1["int8"], top5["int8"], lat["int8"]),
         agreement=agree, sqnr_db=sq, size_ratio=size_q / size_f, latency_ratio=ratio, accuracy_drop=drop,
-        budgets=budgets, failures=gate_failures(budgets, drop, ratio), versions=v,
+        budgets=budgets, drop_ci=ci, per_class=per_class, failures=gate_failures(budgets, drop, ratio, ci),
+        versions=v,
     )
+    if baseline is not None:
+        fails, cmp = baseline_failures(baseline, int8_top1=top1["int8"], latency_ratio=ratio, samples=samples,
+                                       source=(data_info or {}).get("source"),
+                                       max_top1_regression=baseline_tolerance)
+        report.failures.extend(fails)
+        extra["baseline"] = cmp
     report.extra.update(extra)
     return report
 

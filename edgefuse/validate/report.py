@@ -22,11 +22,17 @@ class Budgets:
         drop_type: ``absolute`` or ``relative``.
         max_latency_ratio: largest allowed int8 median latency / fp32 median latency (1.0 = int8 must
             not be slower); ``None`` = not gated.
+        drop_bound: what is compared with ``max_drop``: ``estimate`` (the measured drop) or ``upper``
+            (the upper end of its bootstrap 95% interval: passes only if the data show the drop is
+            within budget, so small evaluation sets fail unless int8 agrees with fp32 almost everywhere).
+        min_samples: refuse (usage error, exit 2) to gate on fewer evaluation images than this.
     """
 
     max_drop: float | None = None
     drop_type: str = "absolute"
     max_latency_ratio: float | None = 1.0
+    drop_bound: str = "estimate"
+    min_samples: int = 0
 
     def __post_init__(self) -> None:
         if self.max_drop is not None and (not math.isfinite(self.max_drop) or self.max_drop < 0):
@@ -35,6 +41,10 @@ class Budgets:
             raise UsageError(f"--drop-type must be absolute or relative, got {self.drop_type!r}")
         if self.max_latency_ratio is not None and (not math.isfinite(self.max_latency_ratio) or self.max_latency_ratio <= 0):
             raise UsageError(f"--max-latency-ratio must be > 0, got {self.max_latency_ratio}")
+        if self.drop_bound not in ("estimate", "upper"):
+            raise UsageError(f"--drop-bound must be estimate or upper, got {self.drop_bound!r}")
+        if self.min_samples < 0:
+            raise UsageError(f"--min-samples must be >= 0, got {self.min_samples}")
 
 
 @dataclass
@@ -61,6 +71,8 @@ class ValidationReport:
     latency_ratio: float
     accuracy_drop: float | None
     budgets: Budgets
+    drop_ci: tuple[float, float] | None = None
+    per_class: list[dict] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     versions: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
@@ -87,6 +99,9 @@ class ValidationReport:
                 "latency_ratio": round(self.latency_ratio, 4),
                 "speedup": round(self.speedup, 4),
                 "accuracy_drop": None if self.accuracy_drop is None else round(self.accuracy_drop, 4),
+                "accuracy_drop_ci95": None if self.drop_ci is None else [round(v, 4) for v in self.drop_ci],
+                "worst_class": self.per_class[0] if self.per_class else None,
+                "per_class": self.per_class,
             },
             "gate": {**asdict(self.budgets), "passed": self.passed, "failures": self.failures},
             "versions": self.versions,
@@ -124,12 +139,22 @@ class ValidationReport:
             + (f"{self.speedup:.2f}× faster)" if self.latency_ratio < 1 else f"{1 / self.speedup:.2f}× slower)"),
             f"- top-1 agreement: {pct(self.agreement)}; output SQNR: "
             + ("—" if self.sqnr_db is None else f"{self.sqnr_db:.1f} dB"),
-            f"- accuracy drop: " + ("—" if self.accuracy_drop is None else f"{self.accuracy_drop:.2f} {unit}"),
+            f"- accuracy drop: " + ("—" if self.accuracy_drop is None else f"{self.accuracy_drop:.2f} {unit}")
+            + ("" if self.drop_ci is None else
+               f" (bootstrap 95% CI {self.drop_ci[0]:.2f} … {self.drop_ci[1]:.2f}, {self.data.get('samples')} images)"),
+        ]
+        if self.per_class:
+            w = self.per_class[0]
+            lines.append(f"- worst class: {w['class']} ({w['samples']} images): {pct(w['fp32_top1'])} → "
+                         f"{pct(w['int8_top1'])} ({w['drop_pp']:+.2f} pp)")
+        lines += [
             "",
             f"## Gate: {'PASSED' if self.passed else 'FAILED'}",
             "",
             f"- max drop: {self.budgets.max_drop if self.budgets.max_drop is not None else 'not gated'}"
-            + (f" {unit}" if self.budgets.max_drop is not None else ""),
+            + (f" {unit}, compared with the drop's "
+               + ("measured value" if self.budgets.drop_bound == "estimate" else "95% CI upper end")
+               if self.budgets.max_drop is not None else ""),
             f"- max latency ratio: {self.budgets.max_latency_ratio if self.budgets.max_latency_ratio is not None else 'not gated'}",
         ]
         lines += [f"- **{msg}**" for msg in self.failures]
@@ -158,11 +183,43 @@ class ValidationReport:
                                      f"{r['partitions']} partitions)" for ep, r in u.items() if ep != "limit")
                 lines.append(f"- `{f}`: {verdicts}")
             lines.append(f"- limit: {next(iter(self.extra['mobile_usability'].values()))['limit']}")
+        fb = self.extra.get("fp32_fallback")
+        if fb:
+            lines += ["", "## fp32 fallback (--max-drop)", "", fallback_summary(fb)]
+            lat = fb.get("latency_ms") or {}
+            if fb.get("kept_fp32"):
+                lines += ["", f"| module kept in fp32 | {fb['split']} top-1 after | int8 ms after | latency cost |",
+                          "|---|---|---|---|"]
+                tops = {tuple(s["kept_fp32"]): s["top1"] for s in fb.get("steps", [])}
+                for i, m in enumerate(fb["kept_fp32"]):
+                    step = (lat.get("steps") or [None] * len(fb["kept_fp32"]))[i]
+                    top = tops.get(tuple(fb["kept_fp32"][: i + 1]))
+                    lines.append(f"| `{m}` | {pct(top)} | " + ("—" if step is None else
+                                 f"{step['ms']:.3f} | {step['cost_ms']:+.3f} ms") + (" | — |" if step is None else " |"))
+                if lat:
+                    lines.append(f"\nAll-int8 build: {lat['all_int8_ms']:.3f} ms; with the fallback: {lat['final_ms']:.3f} ms "
+                                 f"(onnxruntime, {lat['threads']} thread(s), interleaved medians).")
+        if self.extra.get("baseline"):
+            b = self.extra["baseline"]
+            lines += ["", "## Against the baseline report", "",
+                      f"- baseline int8 top-1 {pct(b['int8_top1'])}, latency ratio {b['latency_ratio']:.3f}; "
+                      f"allowed: {b['max_top1_regression_pp']:g} pp top-1, {100 * b['max_latency_regression']:.0f}% ratio"]
         if self.extra.get("doctor"):
             lines += ["", "## Why int8 is not faster (edgefuse doctor)", "", self.extra["doctor"]]
         if self.extra.get("notes"):
             lines += ["", "## Notes", ""] + [f"- {n}" for n in self.extra["notes"]]
         return "\n".join(lines) + "\n"
+
+
+def fallback_summary(fb: dict) -> str:
+    """One sentence on what the fp32 fallback did."""
+    before = 100 * (fb["fp32_top1"] - fb["before_top1"])
+    after = 100 * (fb["fp32_top1"] - fb["after_top1"])
+    kept = fb.get("kept_fp32") or []
+    verdict = "within" if fb.get("met") else "STILL ABOVE"
+    return (f"On the {fb['split']} split the all-int8 build dropped {before:.2f} pp (budget {fb['budget_pp']:.2f} pp); "
+            f"with {len(kept)} module(s) kept in fp32 ({', '.join(kept) or 'none'}) it drops {after:.2f} pp, "
+            f"{verdict} budget. The test split gates the result.")
 
 
 def drop_of(fp32_top1: float, int8_top1: float, drop_type: str) -> float:
@@ -171,12 +228,20 @@ def drop_of(fp32_top1: float, int8_top1: float, drop_type: str) -> float:
     return pp if drop_type == "absolute" else (100.0 * pp / (100.0 * fp32_top1) if fp32_top1 > 0 else 0.0)
 
 
-def gate_failures(budgets: Budgets, accuracy_drop: float | None, latency_ratio: float) -> list[str]:
+def gate_failures(budgets: Budgets, accuracy_drop: float | None, latency_ratio: float,
+                  drop_ci: tuple[float, float] | None = None) -> list[str]:
+    """What the gate refuses: the drop (or its CI's upper end, per ``budgets.drop_bound``) above
+    ``max_drop``, and the latency ratio above ``max_latency_ratio``."""
     fails = []
-    if budgets.max_drop is not None and accuracy_drop is not None and accuracy_drop > budgets.max_drop + 1e-9:
-        unit = "pp" if budgets.drop_type == "absolute" else "% (relative)"
-        fails.append(f"accuracy drop {accuracy_drop:.2f} {unit} exceeds --max-drop {budgets.max_drop:g} "
-                     f"by {accuracy_drop - budgets.max_drop:.2f}")
+    unit = "pp" if budgets.drop_type == "absolute" else "% (relative)"
+    if budgets.max_drop is not None and accuracy_drop is not None:
+        if budgets.drop_bound == "upper" and drop_ci is not None:
+            if drop_ci[1] > budgets.max_drop + 1e-9:
+                fails.append(f"accuracy drop {accuracy_drop:.2f} {unit} has a 95% CI reaching {drop_ci[1]:.2f}, "
+                             f"above --max-drop {budgets.max_drop:g} (--drop-bound upper)")
+        elif accuracy_drop > budgets.max_drop + 1e-9:
+            fails.append(f"accuracy drop {accuracy_drop:.2f} {unit} exceeds --max-drop {budgets.max_drop:g} "
+                         f"by {accuracy_drop - budgets.max_drop:.2f}")
     if budgets.max_latency_ratio is not None and latency_ratio > budgets.max_latency_ratio:
         fails.append(f"int8/fp32 latency ratio {latency_ratio:.3f} exceeds --max-latency-ratio "
                      f"{budgets.max_latency_ratio:g} by {latency_ratio - budgets.max_latency_ratio:.3f}")

@@ -1,0 +1,116 @@
+"""The statistics behind the gate: a paired bootstrap interval for the accuracy drop, per-class drops,
+and the comparison with a stored baseline report."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from edgefuse.errors import InputFileError, UsageError
+
+
+def bootstrap_drop_ci(
+    fp32_correct: np.ndarray,
+    int8_correct: np.ndarray,
+    *,
+    drop_type: str = "absolute",
+    confidence: float = 0.95,
+    resamples: int = 10_000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the top-1 drop, resampling images (paired: fp32 and int8 see
+    the same resample).
+
+    Each image falls in one of four cells (fp32 right/wrong x int8 right/wrong), so a resample of n
+    images is one multinomial draw of the four cell counts: exact, and O(resamples) for any n.
+
+    Args:
+        fp32_correct, int8_correct: per-image booleans.
+        drop_type: ``absolute`` (percentage points) or ``relative`` (percent of the fp32 accuracy).
+
+    Returns:
+        ``(low, high)`` in the unit of ``drop_type``.
+    """
+    f = np.asarray(fp32_correct, bool)
+    q = np.asarray(int8_correct, bool)
+    if f.shape != q.shape or f.ndim != 1 or len(f) == 0:
+        raise UsageError("bootstrap needs two equal-length, non-empty vectors of per-image results")
+    n = len(f)
+    cells = np.array([(f & q).sum(), (f & ~q).sum(), (~f & q).sum(), (~f & ~q).sum()], dtype=np.float64)
+    draws = np.random.default_rng(seed).multinomial(n, cells / n, size=resamples)
+    acc_f = (draws[:, 0] + draws[:, 1]) / n
+    acc_q = (draws[:, 0] + draws[:, 2]) / n
+    pp = 100.0 * (acc_f - acc_q)
+    if drop_type == "relative":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pp = np.where(acc_f > 0, 100.0 * pp / (100.0 * acc_f), 0.0)
+    alpha = (1.0 - confidence) / 2
+    lo, hi = np.quantile(pp, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def per_class_drops(labels: np.ndarray, fp32_pred: np.ndarray, int8_pred: np.ndarray,
+                    class_names: list[str] | None = None) -> list[dict]:
+    """Top-1 per class for fp32 and int8, and the drop in percentage points, worst first."""
+    rows = []
+    for c in np.unique(labels):
+        m = labels == c
+        af, aq = float((fp32_pred[m] == c).mean()), float((int8_pred[m] == c).mean())
+        name = class_names[c] if class_names and c < len(class_names) else str(int(c))
+        rows.append({"class": name, "samples": int(m.sum()), "fp32_top1": af, "int8_top1": aq,
+                     "drop_pp": 100.0 * (af - aq)})
+    rows.sort(key=lambda r: (-r["drop_pp"], r["class"]))
+    return rows
+
+
+def load_baseline(path: str | Path) -> dict:
+    """Read a stored ``report.json`` to compare against (``--baseline``)."""
+    from edgefuse.validate.report import REPORT_SCHEMA
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileError(f"baseline report {p} does not exist")
+    try:
+        d = json.loads(p.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputFileError(f"baseline {p} is not a JSON report ({e})") from None
+    if not isinstance(d, dict) or d.get("schema") != REPORT_SCHEMA:
+        raise InputFileError(f"baseline {p} is not an edgefuse report.json (no schema {REPORT_SCHEMA!r})")
+    try:
+        d["models"]["int8"]["top1"], d["comparison"]["latency_ratio"], d["data"]["samples"]
+    except (KeyError, TypeError):
+        raise InputFileError(f"baseline {p} lacks models.int8.top1 / comparison.latency_ratio / data.samples") from None
+    return d
+
+
+def baseline_failures(baseline: dict, *, int8_top1: float | None, latency_ratio: float, samples: int,
+                      source: str | None, max_top1_regression: float = 0.0,
+                      max_latency_regression: float = 0.10) -> tuple[list[str], dict]:
+    """Compare a run with a stored report. Fails when int8 top-1 is more than ``max_top1_regression``
+    percentage points below the baseline's, or the int8/fp32 latency ratio is more than
+    ``max_latency_regression`` (relative) above it. Comparing different data is a usage error."""
+    b_samples, b_source = baseline["data"].get("samples"), baseline["data"].get("source")
+    if b_samples != samples or (b_source and source and b_source != source):
+        raise UsageError(f"--baseline was measured on other data ({b_source}, {b_samples} samples; "
+                         f"this run: {source}, {samples}); compare reports of the same evaluation split")
+    fails = []
+    b_top1 = baseline["models"]["int8"]["top1"]
+    b_ratio = baseline["comparison"]["latency_ratio"]
+    cmp = {"int8_top1": b_top1, "latency_ratio": b_ratio, "max_top1_regression_pp": max_top1_regression,
+           "max_latency_regression": max_latency_regression}
+    if b_top1 is not None and int8_top1 is not None:
+        reg = 100.0 * (b_top1 - int8_top1)
+        cmp["top1_regression_pp"] = reg
+        if reg > max_top1_regression + 1e-9:
+            fails.append(f"int8 top-1 {100 * int8_top1:.2f}% regressed {reg:.2f} pp below the baseline's "
+                         f"{100 * b_top1:.2f}% (allowed {max_top1_regression:g} pp)")
+    if b_ratio and math.isfinite(b_ratio):
+        rel = latency_ratio / b_ratio - 1.0
+        cmp["latency_ratio_change"] = rel
+        if rel > max_latency_regression:
+            fails.append(f"int8/fp32 latency ratio {latency_ratio:.3f} is {100 * rel:.0f}% above the baseline's "
+                         f"{b_ratio:.3f} (allowed {100 * max_latency_regression:.0f}%)")
+    return fails, cmp
