@@ -400,6 +400,138 @@ def validate(
 
 
 @app.command()
+def analyze(
+    model: Path = typer.Argument(..., help="model.pt, a .pt2 archive, or a state_dict with --factory."),
+    data: str = typer.Option("digits", help="Labelled data: digits, an image folder or an .npz (calibration uses "
+                                            "its train split)."),
+    split: str = typer.Option("val", help="Split to analyse: val (default; test is the gate's), train or test."),
+    out: Path = typer.Option(Path("analysis"), "--out", "-o", help="Folder for analysis.json and analysis.html."),
+    samples: Optional[int] = typer.Option(None, help="Analyse only the first N images of the split."),
+    calib_samples: int = typer.Option(300, help="Calibration images."),
+    target: str = typer.Option("auto", help="CPU preset, as for export."),
+    top: int = typer.Option(10, help="Rows of the terminal table, and modules with histograms in the report."),
+    factory: Optional[str] = typer.Option(None, help="package.module:function building the model for a state_dict."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Accept a whole pickled nn.Module (runs code)."),
+    input_size: Optional[int] = typer.Option(None, help="Input side (for .pt2/--factory models)."),
+    channels: Optional[int] = typer.Option(None, help="Input channels (for .pt2/--factory models)."),
+    mean: Optional[str] = typer.Option(None, help="Per-channel mean, comma-separated (for .pt2/--factory models)."),
+    std: Optional[str] = typer.Option(None, help="Per-channel std, comma-separated (for .pt2/--factory models)."),
+    seed: int = typer.Option(0, help="Seed of the data split."),
+    force: bool = typer.Option(False, "--force", help="Replace an analysis already in --out."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    json_out: bool = typer.Option(False, "--json", help="Print analysis.json on stdout."),
+) -> None:
+    """Which module's int8 costs the accuracy: every quantized module switched to int8 alone and back to fp32
+    alone (accuracy, or output SQNR), each module's activation SQNR and clipping, PyTorch int8 vs onnxruntime
+    int8 (export drift), and the attention gates (saturated / collapsed flags). Writes analysis.json and an
+    HTML report with plots."""
+    from edgefuse.quantize import QuantConfig
+    from edgefuse.quantize.targets import get_target
+    from edgefuse.studies import analyze_model
+
+    tgt = get_target(target)
+    qcfg = QuantConfig(calib_samples=calib_samples, activation_dtype=tgt.activation_dtype,
+                       reduce_range=tgt.reduce_range, target=tgt.name)
+    progress = _progress(quiet or json_out)
+    try:
+        res = analyze_model(model, out, data=data, split=split, samples=samples, quant_config=qcfg, seed=seed,
+                            top=top, force=force, progress=progress,
+                            model_kwargs={"factory": factory, "trust_pickle": trust_pickle, "input_size": input_size,
+                                          "channels": channels, "mean": _floats(mean), "std": _floats(std)})
+    finally:
+        progress.close()
+    if json_out:
+        import json
+
+        typer.echo(json.dumps({k: v for k, v in res.items() if k != "files"}, indent=2))
+        return
+    if quiet:
+        return
+    from rich.table import Table
+
+    from edgefuse.cli._ui import out as console
+
+    s, d = res["sensitivity"], res["export_drift"]
+
+    def pct(v):
+        return "—" if v is None else f"{100 * v:.2f}%"
+
+    def db(v):
+        return "—" if v is None else f"{v:.1f}"
+
+    console.print(f"{s['samples']} images ({split}): fp32 {pct(s['fp32_top1'])}, int8 {pct(s['int8_top1'])}, output "
+                  f"SQNR {db(s['output_sqnr_db'])} dB; onnxruntime int8 {pct(d['onnxruntime_int8_top1'])} "
+                  f"(agreement with PyTorch int8 {pct(d['top1_agreement'])}, SQNR {db(d['output_sqnr_db'])} dB)",
+                  highlight=False)
+    t = Table(title=f"most sensitive modules (top {top})", title_justify="left",
+              caption="kept fp32: top-1 with all int8 but this module; alone: top-1 and output SQNR (dB) with only "
+                      "this module int8; act: SQNR of its own output (dB); clip: its fp32 outputs outside the int8 range",
+              caption_justify="left")
+    for c in ("module", "ops", "kept fp32", "alone", "SQNR alone", "act", "clip"):
+        t.add_column(c, justify="left" if c in ("module", "ops") else "right", no_wrap=c == "module")
+    for m in s["modules"][:top]:
+        t.add_row(m["module"], ",".join(m["ops"])[:16], pct(m["fp32_kept_top1"]), pct(m["only_int8_top1"]),
+                  db(m["only_int8_sqnr_db"]), db(m["activation_sqnr_db"]),
+                  "—" if m["clipped"] is None else f"{100 * m['clipped']:.2f}%")
+    console.print(t)
+    g = res["gates"]
+    for name, fl in {**g["training_last_epoch_flags"], **g["calibration_flags"]}.items():
+        console.print(f"[red]gate flag[/] {name}: {'; '.join(fl)}", highlight=False)
+    console.print(f"report: {res['files']['html']}", highlight=False)
+
+
+@app.command()
+def ablate(
+    model: str = typer.Option("resnet", help="Zoo model: see `edgefuse list`."),
+    fusions: str = typer.Option("add,concat,se,cbam,effatt", help="Comma-separated fusions to compare."),
+    positions: str = typer.Option("all", help="Comma-separated resnet stages using the fusion: all, early, late."),
+    data: str = typer.Option("digits", help="Labelled data: digits, an image folder or an .npz."),
+    epochs: int = typer.Option(8, min=1, help="Training epochs of every variant (same seed and budget)."),
+    width: float = typer.Option(1.0, help="Channel multiplier."),
+    input_size: int = typer.Option(32, help="Input side in pixels."),
+    out: Path = typer.Option(Path("ablation"), "--out", "-o", help="Folder for the variants and ablation.{json,md,html}."),
+    threads: int = typer.Option(1, help="onnxruntime threads for latency."),
+    runs: int = typer.Option(100, help="Timed runs per fp32/int8 pair (interleaved)."),
+    seed: int = typer.Option(0, help="Seed of training and the data split."),
+    force: bool = typer.Option(False, "--force", help="Replace an ablation already in --out."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    json_out: bool = typer.Option(False, "--json", help="Print ablation.json on stdout."),
+) -> None:
+    """Is attention fusion worth it over Add/Concat once deployed in int8? Trains every fusion (x position) with
+    the same seed and budget, quantizes and exports each, and tabulates parameters, MACs, fp32/int8 accuracy
+    and fp32/int8 latency in onnxruntime, with a plot of accuracy against int8 latency."""
+    from edgefuse.studies import ablate_models
+
+    progress = _progress(quiet or json_out)
+    try:
+        res = ablate_models(out, model=model, fusions=tuple(f.strip() for f in fusions.split(",") if f.strip()),
+                            positions=tuple(p.strip() for p in positions.split(",") if p.strip()), data=data,
+                            epochs=epochs, width=width, input_size=input_size, seed=seed, threads=threads, runs=runs,
+                            force=force, progress=progress)
+    finally:
+        progress.close()
+    if json_out:
+        import json
+
+        typer.echo(json.dumps({k: v for k, v in res.items() if k != "files"}, indent=2))
+    elif not quiet:
+        from rich.table import Table
+
+        from edgefuse.cli._ui import out as console
+
+        t = Table(title=f"{model} on {data}: {epochs} epochs each; test top-1 and latency in onnxruntime "
+                        f"({threads} thread(s), all models interleaved)", title_justify="left")
+        for c in ("fusion", "params", "MMACs", "fp32", "int8", "drop pp", "fp32 ms", "int8 ms", "int8 x"):
+            t.add_column(c, justify="left" if c == "fusion" else "right", no_wrap=True)
+        for r in res["rows"]:
+            t.add_row(r["variant"], f"{r['params'] / 1e3:.1f}k", f"{r['macs'] / 1e6:.2f}", f"{100 * r['fp32_top1']:.2f}%",
+                      f"{100 * r['int8_top1']:.2f}%", f"{r['drop_pp']:+.2f}", f"{r['fp32_ms']:.3f}",
+                      f"{r['int8_ms']:.3f}", f"{r['speedup']:.2f}x")
+        console.print(t)
+        console.print(f"report: {res['files']['html']}", highlight=False)
+
+
+@app.command()
 def verify(
     folder: Path = typer.Argument(..., help="An export folder holding manifest.json."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),

@@ -40,6 +40,35 @@ def _pick(mask: torch.Tensor, i: int, quantized: torch.Tensor, original: torch.T
     return quantized if bool(mask[i]) else original
 
 
+def _round_trip(mask: torch.Tensor, i: int, x: torch.Tensor, scale, zero_point, qmin, qmax, dtype) -> torch.Tensor:
+    if not bool(mask[i]):
+        return x
+    q = _qd.quantize_per_tensor.default(x, scale, zero_point, qmin, qmax, dtype)
+    return _qd.dequantize_per_tensor.default(q, scale, zero_point, qmin, qmax, dtype)
+
+
+def _constant_round_trip(gm: torch.fx.GraphModule, q: torch.fx.Node, dq: torch.fx.Node) -> torch.Tensor | None:
+    """``dq(q(w))`` for a constant ``w`` (all arguments constants), else None."""
+    def value(a):
+        if isinstance(a, torch.fx.Node):
+            if a.op != "get_attr":
+                raise LookupError
+            obj = gm
+            for part in a.target.split("."):
+                obj = getattr(obj, part)
+            return obj
+        return a
+
+    try:
+        qargs = [value(a) for a in q.args]
+        dargs = [value(a) for a in dq.args[1:]]
+        dkw = {k: value(v) for k, v in dq.kwargs.items()}
+    except LookupError:
+        return None
+    with torch.no_grad():
+        return dq.target(q.target(*qargs, **q.kwargs), *dargs, **dkw).detach()
+
+
 def exclude_pattern(unit: str) -> str:
     """The ``QuantConfig.exclude`` regex that keeps exactly ``unit`` in fp32."""
     return "^$" if unit == ROOT else f"^{re.escape(unit)}$"
@@ -148,7 +177,8 @@ def switched_program(
     units: dict[str, Unit] = {}
     n = 0
     gm.register_buffer("_edgefuse_mask", torch.ones(0, dtype=torch.bool))
-    mask_node = None
+    with graph.inserting_before(next(iter(graph.nodes))):
+        mask_node = graph.get_attr("_edgefuse_mask")
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target not in _DEQUANT:
             continue
@@ -156,30 +186,41 @@ def switched_program(
         if not isinstance(q, torch.fx.Node) or q.target not in _QUANT:
             continue
         users = list(node.users)
-        if not users or all(u.op == "output" for u in users):
-            continue  # the dequantized network output: nothing consumes it inside the model
-        if mask_node is None:
-            first_node = next(iter(graph.nodes))
-            with graph.inserting_before(first_node):
-                mask_node = graph.get_attr("_edgefuse_mask")
-        name = module_path(users[0]) or ROOT
+        if not users:
+            continue
+        src = q.args[0]
+        # A value is charged to the module that reads it; the network output (read by no module) to the
+        # module that produced it.
+        owner = users[0] if users[0].op != "output" else src
+        name = (module_path(owner) if isinstance(owner, torch.fx.Node) else "") or ROOT
+        const = _constant_round_trip(gm, q, node)
         with graph.inserting_after(node):
-            pick = graph.call_function(_pick, (mask_node, n, node, q.args[0]))
-        node.replace_all_uses_with(pick, delete_user_cb=lambda u: u is not pick)
+            if const is not None:  # weights and biases: quantize once, not on every forward
+                gm.register_buffer(f"_edgefuse_rt{n}", const)
+                rt = graph.get_attr(f"_edgefuse_rt{n}")
+                with graph.inserting_after(rt):
+                    new = graph.call_function(_pick, (mask_node, n, rt, src))
+            elif q.target is _qd.quantize_per_tensor.default and node.target is _qd.dequantize_per_tensor.default:
+                # Activations: the same two ops, run only while the switch is on.
+                new = graph.call_function(_round_trip, (mask_node, n, src, *q.args[1:6]))
+            else:
+                new = graph.call_function(_pick, (mask_node, n, node, src))
+        node.replace_all_uses_with(new, delete_user_cb=lambda u: u is not new)
         units.setdefault(name, Unit(name)).switches.append(n)
         n += 1
+    graph.eliminate_dead_code()
     # Each unit's output: its last compute node; its int8 range from the quantize node after it.
     for node in graph.nodes:
-        if node.op != "call_function" or node.target in _QUANT | _DEQUANT or node.target is _pick:
+        if node.op != "call_function" or node.target in _QUANT | _DEQUANT or node.target in (_pick, _round_trip):
             continue
         name = module_path(node) or ROOT
         if name in units:
             u = units[name]
             u.ops.append(getattr(node.target, "_opname", None) or getattr(node.target, "__name__", str(node.target)))
             u.output = node.name
-            q = next((x for x in node.users if x.target in (_qd.quantize_per_tensor.default,)), None)
-            if q is not None and isinstance(q.args[1], float):
-                scale, zp, qmin, qmax = q.args[1], q.args[2], q.args[3], q.args[4]
+            q = next((x for x in node.users if x.target is _round_trip), None)
+            if q is not None and isinstance(q.args[3], float):
+                scale, zp, qmin, qmax = q.args[3], q.args[4], q.args[5], q.args[6]
                 u.qrange = ((qmin - zp) * scale, (qmax - zp) * scale)
             else:
                 u.qrange = None

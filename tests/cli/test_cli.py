@@ -136,3 +136,30 @@ def test_doctor_missing_file(tmp_path):
 def test_unknown_target(tiny_checkpoint, tmp_path):
     _one_line_error(run("export", str(tiny_checkpoint), "--int8", "--target", "riscv", "--out", str(tmp_path / "o")),
                     "unknown target")
+
+
+def test_min_samples_and_baseline_gate(exported, tmp_path):
+    res = exported["export"]
+    fp32, int8 = str(res.path("onnx", "fp32")), str(res.path("onnx", "int8"))
+    common = ["validate", "--fp32", fp32, "--int8", int8, "--data", "digits", "--runs", "5",
+              "--max-latency-ratio", "100"]
+    # too few evaluation images for the gate: refused, exit 2, one line, no report written
+    r = run(*common, "--min-samples", "10000", "--out", str(tmp_path / "few"))
+    _one_line_error(r, "--min-samples", "10000")
+    assert not (tmp_path / "few").exists()
+    # the stored report as baseline: same data, same files -> passes, and the report carries the CI
+    r = run(*common, "--out", str(tmp_path / "base"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    base = json.loads((tmp_path / "base" / "report.json").read_text())
+    lo, hi = base["comparison"]["accuracy_drop_ci95"]
+    assert lo <= base["comparison"]["accuracy_drop"] <= hi
+    assert base["comparison"]["worst_class"]["samples"] > 0
+    r = run(*common, "--baseline", str(tmp_path / "base" / "report.json"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    # a baseline whose int8 was better: a regression, exit 1
+    base["models"]["int8"]["top1"] = min(1.0, base["models"]["int8"]["top1"] + 0.05)
+    (tmp_path / "better.json").write_text(json.dumps(base))
+    r = run(*common, "--baseline", str(tmp_path / "better.json"), "--quiet")
+    assert r.returncode == 1 and "regressed" in r.stderr
+    assert "regressed" not in run(*common, "--baseline", str(tmp_path / "better.json"), "--baseline-tolerance", "6",
+                                  "--quiet").stderr

@@ -1,0 +1,354 @@
+"""``edgefuse analyze`` and ``edgefuse ablate``: the research loop around int8 attention fusion.
+
+Both return plain data and write JSON plus a self-contained HTML report; neither prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from edgefuse.progress import NullProgress, Progress
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def _clean(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+def read_gate_log(path: str | Path) -> list[dict]:
+    """Per-epoch records of ``edgefuse train``'s gate log (``model.gates.jsonl``); [] when absent."""
+    p = Path(path)
+    if not p.is_file():
+        return []
+    rows = []
+    for line in p.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a log cut short by an interrupted run: keep the complete epochs
+    return rows
+
+
+def gate_plots(history: list[dict], calibration: dict[str, dict] | None = None) -> str:
+    """SVG plots of the gate statistics: mean and saturated share per gate over epochs, and the final
+    (or calibration-time) histogram of each gate."""
+    from edgefuse.validate import html as H
+
+    parts = []
+    if history:
+        names = sorted({g for r in history for g in r.get("gates", {})})
+        for key, label in (("mean", "mean gate output"), ("std", "std of gate outputs"),
+                           ("saturated", "share within 0.02 of 0 or 1")):
+            series = {n: [(r["epoch"], r["gates"][n][key]) for r in history if n in r.get("gates", {})] for n in names}
+            parts.append(H.line_chart(series, title=f"{label} per epoch (validation split)", xlabel="epoch",
+                                      ylabel=key, ylim=(0.0, 1.0) if key != "std" else None))
+    stats = calibration or (history[-1].get("gates", {}) if history else {})
+    for name, s in stats.items():
+        parts.append(H.histogram(s["hist"], 0.0, 1.0, title=f"{name}: gate outputs "
+                                 + ("at calibration" if calibration else "after the last epoch"), xlabel="gate value"))
+    return "".join(parts)
+
+
+def analyze_model(
+    source: str | Path,
+    out_dir: str | Path,
+    *,
+    data: str = "digits",
+    split: str = "val",
+    samples: int | None = None,
+    quant_config=None,
+    seed: int = 0,
+    top: int = 10,
+    threads: int = 1,
+    force: bool = False,
+    model_kwargs: dict | None = None,
+    progress: Progress = NullProgress(),
+) -> dict:
+    """``edgefuse analyze``: per-module int8 sensitivity of a model, the activation ranges of its worst
+    modules, PyTorch int8 vs onnxruntime int8 (export drift), and its attention gates.
+
+    Args:
+        source: a model file as for ``export`` (model.pt, .pt2, --factory/--trust-pickle forms).
+        out_dir: folder for ``analysis.json`` and ``analysis.html``.
+        data: labelled data (calibration uses its train split).
+        split: the split analysed (``val`` by default: the test split is the gate's).
+        samples: analyse the first ``samples`` images of the split (default all).
+        quant_config: :class:`QuantConfig` (default: the CPU preset, as ``export`` does).
+        top: how many of the worst modules get activation histograms.
+
+    Returns:
+        The analysis dict (also written to ``analysis.json``).
+    """
+    import numpy as np
+    import torch
+
+    from edgefuse.api import gate_log_path, load_model_source
+    from edgefuse.data import ImageDataset, load_data
+    from edgefuse.errors import DataError, UsageError
+    from edgefuse.quantize import QuantConfig, TensorBatches, quantize_ptq
+    from edgefuse.quantize.analysis import gate_flags, module_sensitivity, sqnr, switched_program
+    from edgefuse.training import GateMonitor
+
+    out = Path(out_dir)
+    if (out / "analysis.json").exists() and not force:
+        raise UsageError(f"{out} already holds an analysis; pass --force to replace it")
+    if split not in ("train", "val", "test"):
+        raise UsageError(f"--split must be train, val or test, got {split!r}")
+    if samples is not None and samples < 1:
+        raise UsageError("--samples must be >= 1")
+    model, contract, info = load_model_source(source, **(model_kwargs or {}))
+    splits = load_data(data, seed=seed)
+    if contract.class_names and tuple(contract.class_names) != tuple(splits.class_names):
+        raise DataError("the data's classes differ from the model's")
+    if quant_config is None:
+        from edgefuse.quantize.targets import detect_target
+
+        t = detect_target()
+        quant_config = QuantConfig(activation_dtype=t.activation_dtype, reduce_range=t.reduce_range, target=t.name)
+    calib_ds = ImageDataset(splits.train, contract)
+    eval_ds = ImageDataset(splits.split(split), contract)
+    if len(eval_ds) == 0:
+        raise DataError(f"the {split} split of {data} is empty")
+    model.eval()
+    reader = TensorBatches(calib_ds, quant_config.calib_samples, quant_config.calib_batch_size)
+    prog = switched_program(model, reader, quant_config, progress=progress)
+    sens = module_sensitivity(prog, eval_ds, samples=samples, progress=progress)
+
+    # Gates at calibration time (fp32 model, calibration images).
+    reader.rewind()
+    with GateMonitor(model) as mon, torch.no_grad():
+        while (x := reader.get_next()) is not None:
+            model(x)
+    cal_gates = mon.stats()
+    history = read_gate_log(gate_log_path(source))
+    train_gates = history[-1].get("gates", {}) if history else {}
+
+    # Export drift: the same int8 program in PyTorch and in onnxruntime.
+    import tempfile
+
+    from edgefuse.export import export_onnx
+    from edgefuse.validate.runtime import OrtModel
+
+    reader.rewind()
+    q = quantize_ptq(model, reader, quant_config)
+    n = sens.samples
+    xs = torch.stack([eval_ds[i][0] for i in range(n)])
+    ys = np.asarray([int(eval_ds[i][1]) for i in range(n)])
+    with torch.no_grad():
+        pt = torch.cat([q.program(xs[i : i + 256]) for i in range(0, n, 256)]).numpy()
+    with tempfile.TemporaryDirectory(prefix="edgefuse-analyze-") as tmp:
+        ort_model = OrtModel(export_onnx(q.program, (xs[:1],), Path(tmp) / "int8.onnx"), threads)
+        ortv = np.concatenate([ort_model.run(xs[i : i + 64].numpy()) for i in range(0, n, 64)])
+    drift = {"top1_agreement": float((pt.argmax(1) == ortv.argmax(1)).mean()),
+             "output_sqnr_db": sqnr(torch.from_numpy(pt), torch.from_numpy(ortv)),
+             "pytorch_int8_top1": float((pt.argmax(1) == ys).mean()),
+             "onnxruntime_int8_top1": float((ortv.argmax(1) == ys).mean())}
+
+    result = _clean({
+        "schema": "edgefuse.analysis", "schema_version": 1,
+        "source": {k: v for k, v in info.items() if k != "metrics"},
+        "data": {"source": data, "split": split, "samples": n, "fingerprint": splits.fingerprint},
+        "quant_config": quant_config.to_dict(),
+        "sensitivity": sens.to_dict(),
+        "export_drift": drift,
+        "gates": {"calibration": cal_gates, "calibration_flags": gate_flags(cal_gates),
+                  "training_last_epoch_flags": gate_flags(train_gates), "training_epochs": len(history)},
+        "method": ("One calibrated int8 program; each module's quantization switched on alone (only_int8_*) "
+                   "and off alone (fp32_kept_*). Ranked by top-1 regained when kept in fp32, then top-1 lost "
+                   "when alone in int8, then output SQNR when alone in int8. activation_sqnr_db compares the "
+                   "module's own output, all-int8 vs all-fp32; clipped is the share of its fp32 outputs outside "
+                   "its int8 range."),
+    })
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "analysis.json", json.dumps(result, indent=2) + "\n")
+    _write_atomic(out / "analysis.html", _analysis_html(result, sens, history, top))
+    result["files"] = {"json": str(out / "analysis.json"), "html": str(out / "analysis.html")}
+    return result
+
+
+def _fmt(v, pct=False, nd=1):
+    if v is None:
+        return "—"
+    return f"{100 * v:.2f}%" if pct else f"{v:.{nd}f}"
+
+
+def _analysis_html(result: dict, sens, history: list[dict], top: int) -> str:
+    from edgefuse.validate import html as H
+
+    s = result["sensitivity"]
+    mods = s["modules"]
+    d = result["export_drift"]
+    summary = (f"{result['data']['samples']} images of the {result['data']['split']} split of {result['data']['source']}. "
+               f"fp32 top-1 {_fmt(s['fp32_top1'], True)}, int8 (PyTorch) {_fmt(s['int8_top1'], True)}, output SQNR "
+               f"{_fmt(s['output_sqnr_db'])} dB. onnxruntime int8 top-1 {_fmt(d['onnxruntime_int8_top1'], True)}; "
+               f"PyTorch int8 vs onnxruntime int8: top-1 agreement {_fmt(d['top1_agreement'], True)}, output SQNR "
+               f"{_fmt(d['output_sqnr_db'])} dB (a low value means the export changed the arithmetic).")
+    rows = [[m["module"], ", ".join(m["ops"]), _fmt(m["fp32_kept_top1"], True), _fmt(m["only_int8_top1"], True),
+             _fmt(m["only_int8_sqnr_db"]), _fmt(m["activation_sqnr_db"]), _fmt(m["clipped"], True)] for m in mods]
+    worst = mods[: min(20, len(mods))]
+    gain = [0.0 if m["fp32_kept_top1"] is None or s["int8_top1"] is None else 100 * (m["fp32_kept_top1"] - s["int8_top1"])
+            for m in worst]
+    sections = [
+        ("Summary", H.paragraph(summary) + H.paragraph(result["method"])),
+        ("Sensitivity", H.bar_chart([m["module"] for m in worst], gain, title="top-1 regained when kept in fp32 (pp)",
+                                    ylabel="pp")
+         + H.bar_chart([m["module"] for m in worst], [m["only_int8_sqnr_db"] or 0 for m in worst],
+                       title="output SQNR with only this module in int8 (dB; lower = more sensitive)", ylabel="dB")
+         + H.table(["module", "ops", "top-1, all int8 but this", "top-1, only this int8", "output SQNR only this (dB)",
+                    "activation SQNR (dB)", "clipped"], rows)),
+    ]
+    hists = "".join(H.histogram(m["histogram"]["counts"], m["histogram"]["min"], m["histogram"]["max"],
+                                title=f"{m['module']}: fp32 output values", marks=tuple(m["histogram"]["qrange"])
+                                if m["histogram"].get("qrange") else None)
+                    for m in mods[:top] if m.get("histogram"))
+    sections.append((f"Activation ranges of the {top} most sensitive modules", hists or H.paragraph("none recorded")))
+    g = result["gates"]
+    flags = [f"{n}: {'; '.join(f)}" for n, f in {**g["training_last_epoch_flags"], **g["calibration_flags"]}.items()]
+    gate_html = "".join(H.paragraph("flag — " + f, "flag") for f in flags) or H.paragraph(
+        "No gate is saturated (>= 90% of outputs within 0.02 of 0 or 1) or collapsed (std < 0.01).")
+    gate_html += gate_plots(history) + gate_plots([], g["calibration"])
+    sections.append(("Attention gates", gate_html if g["calibration"] or history else H.paragraph("The model has no gates.")))
+    return H.page("edgefuse analysis", sections)
+
+
+def ablate_models(
+    out_dir: str | Path,
+    *,
+    model: str = "resnet",
+    fusions: tuple[str, ...] = ("add", "concat", "se", "cbam", "effatt"),
+    positions: tuple[str, ...] = ("all",),
+    data: str = "digits",
+    epochs: int = 8,
+    width: float = 1.0,
+    input_size: int = 32,
+    seed: int = 0,
+    threads: int = 1,
+    runs: int = 100,
+    force: bool = False,
+    progress: Progress = NullProgress(),
+) -> dict:
+    """``edgefuse ablate``: the seed's fusion study, deployed. Every fusion x position variant is trained
+    with the same seed, data and budget, quantized (PTQ, the CPU preset), exported to ONNX and measured in
+    onnxruntime: parameters, MACs, fp32 and int8 top-1 on the test split, fp32 and int8 latency (every
+    model of the table interleaved in one run, so the rows compare with each other).
+
+    Returns:
+        ``{"rows": [...], "files": {...}}``; also writes ``ablation.json``, ``ablation.md`` and ``ablation.html``.
+    """
+    from edgefuse.api import export_model, train_model
+    from edgefuse.blocks import list_fusions
+    from edgefuse.checkpoint import load_checkpoint
+    from edgefuse.errors import UnknownNameError, UsageError
+    from edgefuse.training import count_macs, count_params
+    from edgefuse.validate import Budgets
+
+    out = Path(out_dir)
+    if (out / "ablation.json").exists() and not force:
+        raise UsageError(f"{out} already holds an ablation; pass --force to replace it")
+    if not fusions:
+        raise UsageError("--fusions needs at least one fusion")
+    known = list_fusions()
+    for f in fusions:
+        if f not in known:
+            raise UnknownNameError(f"unknown fusion {f!r}; choose from: {', '.join(known)}")
+    for p in positions:
+        if p not in ("all", "early", "late"):
+            raise UsageError(f"unknown position {p!r}; choose from: all, early, late")
+    if len(set(fusions)) != len(fusions) or len(set(positions)) != len(positions):
+        raise UsageError("--fusions and --positions must not repeat a name")
+    rows: list[dict] = []
+    files: dict[str, tuple] = {}
+    for pos in positions:
+        for fusion in fusions:
+            name = fusion if len(positions) == 1 else f"{fusion}@{pos}"
+            vdir = out / name.replace("@", "-")
+            tr = train_model(model=model, fusion=fusion, data=data, out=vdir / "model.pt", epochs=epochs, width=width,
+                             input_size=input_size, positions=pos, seed=seed, progress=progress)
+            loaded = load_checkpoint(vdir / "model.pt")
+            params = count_params(loaded.model)
+            macs = count_macs(loaded.model, loaded.contract.input_shape)
+            # Accuracy here; latency below, all variants interleaved in one run.
+            ex = export_model(vdir / "model.pt", vdir / "build", int8=True, calib=data, formats=("onnx",),
+                              budgets=Budgets(max_latency_ratio=None), threads=threads, runs=5, force=True,
+                              seed=seed, fallback=False, progress=progress)
+            r = ex["report"]
+            files[name] = (ex["export"].path("onnx", "fp32"), ex["export"].path("onnx", "int8"))
+            rows.append({
+                "variant": name, "fusion": fusion, "positions": pos, "params": params, "macs": macs,
+                "train_seconds": round(tr["train_seconds"], 1), "val_top1": tr["val_top1"],
+                "fp32_top1": r.fp32.top1, "int8_top1": r.int8.top1, "drop_pp": r.accuracy_drop,
+                "drop_ci95": list(r.drop_ci) if r.drop_ci else None, "agreement": r.agreement,
+                "int8_bytes": r.int8.bytes, "samples": r.data.get("samples"),
+            })
+    import numpy as np
+
+    from edgefuse.validate.latency import interleaved_latency
+    from edgefuse.validate.runtime import OrtModel
+
+    sessions = {(v, p): OrtModel(f, threads) for v, pair in files.items() for p, f in zip(("fp32", "int8"), pair)}
+    shape = [d if isinstance(d, int) else 1 for d in next(iter(sessions.values())).input_shape]
+    x1 = np.random.default_rng(seed).random(shape, dtype=np.float32)
+    lat = interleaved_latency({k: (lambda m=m: m.run(x1)) for k, m in sessions.items()}, runs=runs, progress=progress)
+    for row in rows:
+        f, q = lat[(row["variant"], "fp32")], lat[(row["variant"], "int8")]
+        row.update({"fp32_ms": f["median_ms"], "int8_ms": q["median_ms"], "fp32_p90_ms": f["p90_ms"],
+                    "int8_p90_ms": q["p90_ms"], "speedup": f["median_ms"] / q["median_ms"]})
+    result = {"schema": "edgefuse.ablation", "schema_version": 1, "model": model, "data": data, "epochs": epochs,
+              "width": width, "input_size": input_size, "seed": seed, "threads": threads, "runs": runs, "rows": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "ablation.json", json.dumps(_clean(result), indent=2) + "\n")
+    _write_atomic(out / "ablation.md", ablation_markdown(result))
+    _write_atomic(out / "ablation.html", _ablation_html(result))
+    result["files"] = {k: str(out / f"ablation.{k}") for k in ("json", "md", "html")}
+    return result
+
+
+def ablation_markdown(result: dict) -> str:
+    """The ablation table in Markdown (as pasted into the README)."""
+    lines = [f"{result['model']} on {result['data']}, {result['epochs']} epochs, seed {result['seed']}, "
+             f"{result['input_size']}x{result['input_size']}; int8 = edgefuse PTQ; accuracy on the test split "
+             f"({result['rows'][0]['samples'] if result['rows'] else 0} images) in onnxruntime; latency batch 1, "
+             f"{result['threads']} thread(s), every model of the table interleaved in one run of {result['runs']} rounds "
+             f"(medians).", "",
+             "| fusion | params | MMACs | fp32 top-1 | int8 top-1 | drop (95% CI) | fp32 ms | int8 ms | int8 speed-up |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        ci = f" ({r['drop_ci95'][0]:+.2f} … {r['drop_ci95'][1]:+.2f})" if r.get("drop_ci95") else ""
+        lines.append(f"| {r['variant']} | {r['params'] / 1e3:.1f} k | {r['macs'] / 1e6:.2f} | {100 * r['fp32_top1']:.2f}% | "
+                     f"{100 * r['int8_top1']:.2f}% | {r['drop_pp']:+.2f} pp{ci} | {r['fp32_ms']:.3f} | "
+                     f"{r['int8_ms']:.3f} | {r['speedup']:.2f}× |")
+    return "\n".join(lines) + "\n"
+
+
+def _ablation_html(result: dict) -> str:
+    from edgefuse.validate import html as H
+
+    rows = result["rows"]
+    table = H.table(["fusion", "params", "MMACs", "fp32 top-1", "int8 top-1", "drop pp", "fp32 ms", "int8 ms",
+                     "speed-up"],
+                    [[r["variant"], r["params"], f"{r['macs'] / 1e6:.2f}", _fmt(r["fp32_top1"], True),
+                      _fmt(r["int8_top1"], True), _fmt(r["drop_pp"], nd=2), _fmt(r["fp32_ms"], nd=3),
+                      _fmt(r["int8_ms"], nd=3), f"{r['speedup']:.2f}×"] for r in rows])
+    plot = H.scatter([(r["int8_ms"], 100 * r["int8_top1"], r["variant"]) for r in rows],
+                     title="int8 top-1 vs int8 latency (up and left is better)", xlabel="int8 latency, ms (onnxruntime)",
+                     ylabel="int8 top-1 %")
+    plot2 = H.scatter([(r["fp32_ms"], 100 * r["fp32_top1"], r["variant"]) for r in rows],
+                      title="fp32 top-1 vs fp32 latency", xlabel="fp32 latency, ms", ylabel="fp32 top-1 %")
+    return H.page("edgefuse ablation: fusion types, deployed in int8",
+                  [("Setup", H.paragraph(ablation_markdown(result).splitlines()[0])), ("Results", table),
+                   ("Accuracy vs latency", plot + plot2)])

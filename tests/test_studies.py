@@ -1,0 +1,40 @@
+import json
+
+import pytest
+
+from edgefuse.errors import UnknownNameError, UsageError
+from edgefuse.studies import ablate_models, read_gate_log
+
+
+def test_ablate_two_fusions_end_to_end(tmp_path):
+    res = ablate_models(tmp_path / "abl", fusions=("add", "se"), epochs=3, width=0.5, runs=10)
+    rows = {r["variant"]: r for r in res["rows"]}
+    assert set(rows) == {"add", "se"}
+    # SE adds its excitation MLP: more parameters and MACs than Add on the same backbone
+    assert rows["se"]["params"] > rows["add"]["params"] and rows["se"]["macs"] > rows["add"]["macs"]
+    for r in rows.values():
+        assert 0.3 < r["fp32_top1"] <= 1 and 0 <= r["int8_top1"] <= 1 and r["fp32_ms"] > 0 and r["int8_ms"] > 0
+        assert r["speedup"] == pytest.approx(r["fp32_ms"] / r["int8_ms"])
+    md = (tmp_path / "abl" / "ablation.md").read_text()
+    assert "| add |" in md and "| se |" in md
+    assert json.loads((tmp_path / "abl" / "ablation.json").read_text())["rows"][0]["variant"] == "add"
+    assert "<svg" in (tmp_path / "abl" / "ablation.html").read_text()
+    with pytest.raises(UsageError, match="--force"):
+        ablate_models(tmp_path / "abl", fusions=("add",), epochs=1)
+
+
+@pytest.mark.parametrize("kw,err", [({"fusions": ("add", "nope")}, UnknownNameError),
+                                    ({"fusions": ("add", "add")}, UsageError),
+                                    ({"positions": ("middle",)}, UsageError),
+                                    ({"fusions": ()}, UsageError)])
+def test_ablate_rejects_bad_names_before_training(kw, err, tmp_path):
+    with pytest.raises(err):
+        ablate_models(tmp_path / "x", **kw)
+    assert not (tmp_path / "x").exists()
+
+
+def test_gate_log_reader_keeps_complete_epochs(tmp_path):
+    p = tmp_path / "m.gates.jsonl"
+    p.write_text(json.dumps({"epoch": 1, "gates": {}}) + "\n" + '{"epoch": 2, "ga')
+    assert [r["epoch"] for r in read_gate_log(p)] == [1]
+    assert read_gate_log(tmp_path / "none.jsonl") == []
