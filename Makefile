@@ -19,8 +19,9 @@ venv: $(STAMP)
 demo: $(STAMP)
 	bash examples/demo.sh $(DEMO)
 
+# Two workers, one per core; a file's tests stay on one worker so its module fixtures are built once.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) $(DEMO) build .pytest_cache

@@ -448,6 +448,7 @@ def export_model(
                                                  quant_config, qat_config, budgets, progress, dist)
                 if fb is not None:
                     result["fallback"] = fb
+                    all_int8 = quantized
                     if rebuilt is not None:
                         quantized = rebuilt
                         quant_config = rebuilt.config  # the .pte build keeps the same modules in fp32
@@ -472,7 +473,8 @@ def export_model(
                       "seed": seed, "accuracy_pytorch": result["accuracy"]}
     fb = result.get("fallback")
     if fb is not None and fb.kept_fp32:
-        fb.latency_ms = _fallback_latency(model, calib_ds, fb, quantized.config, threads, runs)
+        fb.latency_ms = _fallback_latency(model, calib_ds, fb, quantized.config, threads, runs,
+                                          {0: all_int8, len(fb.kept_fp32): quantized})
         manifest_extra["fp32_fallback"] = fb.to_dict()
     check_inputs = None
     if test_ds is not None:
@@ -500,7 +502,7 @@ def export_model(
             report.failures.extend(f"{fmt}: {msg}" for fmt, r in reports.items() if fmt != fmt0 for msg in r.failures)
         if test_ds is not None:
             report.extra["pytorch_agreement"] = _agreement_with_pytorch(
-                exported, model, quantized, pte_quantized, test_ds, threads)
+                exported, model, quantized, pte_quantized, test_ds, threads, reports)
             onnx_int8 = exported.path("onnx", "int8")
             if onnx_int8 is not None:
                 report.extra["int8_pytorch_vs_onnxruntime_agreement"] = report.extra["pytorch_agreement"][onnx_int8.name]
@@ -546,10 +548,10 @@ def _accuracy_fallback(model, quantized, calib_ds, split, contract, quant_config
                              drop_type=budgets.drop_type, progress=progress)
 
 
-def _fallback_latency(model, calib_ds, fb, config, threads: int, runs: int) -> dict:
+def _fallback_latency(model, calib_ds, fb, config, threads: int, runs: int, built: dict) -> dict:
     """onnxruntime latency of the all-int8 build and of each fallback step, interleaved in one run: what
-    every module kept in fp32 costs. Latency depends on the graph, not the weights, so PTQ builds stand in
-    for QAT ones."""
+    every module kept in fp32 costs. ``built`` holds programs already made (step -> QuantizedModel); other
+    steps are rebuilt with PTQ (latency depends on the graph, not the weights, so PTQ stands in for QAT)."""
     import tempfile
     from dataclasses import replace
 
@@ -567,8 +569,10 @@ def _fallback_latency(model, calib_ds, fb, config, threads: int, runs: int) -> d
     sessions = {}
     with tempfile.TemporaryDirectory(prefix="edgefuse-fallback-") as tmp:
         for i in range(len(fb.kept_fp32) + 1):
-            cfg = replace(config, exclude=base + tuple(exclude_pattern(k) for k in fb.kept_fp32[:i]))
-            q = quantize_ptq(model, TensorBatches(calib_ds, cfg.calib_samples, cfg.calib_batch_size), cfg)
+            q = built.get(i)
+            if q is None:
+                cfg = replace(config, exclude=base + tuple(exclude_pattern(k) for k in fb.kept_fp32[:i]))
+                q = quantize_ptq(model, TensorBatches(calib_ds, cfg.calib_samples, cfg.calib_batch_size), cfg)
             path = export_onnx(q.program, (x,), Path(tmp) / f"step{i}.onnx")
             sessions[i] = OrtModel(path, threads)
         x1 = np.ascontiguousarray(x.numpy())
@@ -586,11 +590,13 @@ def _format_summary(r) -> dict:
             "passed": r.passed, "failures": list(r.failures)}
 
 
-def _agreement_with_pytorch(exported, model, quantized, pte_quantized, dataset, threads: int,
+def _agreement_with_pytorch(exported, model, quantized, pte_quantized, dataset, threads: int, reports: dict,
                             batch_size: int = 64) -> dict[str, float]:
     """Top-1 agreement of every runnable artifact with the PyTorch program it was exported from.
 
-    Streams the dataset in batches: memory holds one batch of inputs and one top-1 index per image.
+    Files that validation already ran reuse its per-image top-1 classes (``reports``, per format); the
+    others run here. Streams the dataset in batches: memory holds one batch of inputs and one top-1
+    index per image.
     """
     import numpy as np
     import torch
@@ -604,7 +610,12 @@ def _agreement_with_pytorch(exported, model, quantized, pte_quantized, dataset, 
         refs["pte_int8"] = pte_quantized.program
     files = [a for a in exported.artifacts if a.kind in ("onnx", "ort", "pte")]
     key = {a.file: "fp32" if a.precision == "fp32" else ("pte_int8" if a.kind == "pte" else "int8") for a in files}
-    runtimes = {a.file: load_runtime(exported.out_dir / a.file, threads) for a in files}
+    known = {}
+    for a in files:
+        r = reports.get(a.kind)
+        if r is not None and r.predictions is not None and Path(getattr(r, a.precision).file).name == a.file:
+            known[a.file] = r.predictions[a.precision]
+    runtimes = {a.file: load_runtime(exported.out_dir / a.file, threads) for a in files if a.file not in known}
     ref_top1 = {k: [] for k in refs}
     got_top1 = {f: [] for f in runtimes}
     n = len(dataset)
@@ -615,7 +626,8 @@ def _agreement_with_pytorch(exported, model, quantized, pte_quantized, dataset, 
                 ref_top1[k].append(module(x).argmax(1).numpy())
         for f, rt in runtimes.items():
             got_top1[f].append(rt.run(x.numpy()).argmax(1))
-    return {f: float(np.mean(np.concatenate(got_top1[f]) == np.concatenate(ref_top1[key[f]]))) for f in runtimes}
+    got = {**known, **{f: np.concatenate(v) for f, v in got_top1.items()}}
+    return {a.file: float(np.mean(got[a.file] == np.concatenate(ref_top1[key[a.file]]))) for a in files}
 
 
 def validate_files(

@@ -152,19 +152,29 @@ def analyze_model(
     with torch.no_grad():
         pt = torch.cat([q.program(xs[i : i + 256]) for i in range(0, n, 256)]).numpy()
     with tempfile.TemporaryDirectory(prefix="edgefuse-analyze-") as tmp:
-        ort_model = OrtModel(export_onnx(q.program, (xs[:1],), Path(tmp) / "int8.onnx"), threads)
+        onnx_path = export_onnx(q.program, (xs[:1],), Path(tmp) / "int8.onnx")
+        ort_model = OrtModel(onnx_path, threads)
         ortv = np.concatenate([ort_model.run(xs[i : i + 64].numpy()) for i in range(0, n, 64)])
+        per_module = onnxruntime_module_drift(prog, onnx_path, xs[:64], threads)
     drift = {"top1_agreement": float((pt.argmax(1) == ortv.argmax(1)).mean()),
              "output_sqnr_db": sqnr(torch.from_numpy(pt), torch.from_numpy(ortv)),
              "pytorch_int8_top1": float((pt.argmax(1) == ys).mean()),
              "onnxruntime_int8_top1": float((ortv.argmax(1) == ys).mean())}
 
+    sens_dict = sens.to_dict()
+    for row in sens_dict["modules"]:
+        row.update(per_module.get(row["module"], {"ort_sqnr_db": None, "pytorch_sqnr_db": None,
+                                                   "ort_vs_pytorch_sqnr_db": None}))
+    if per_module:
+        worst = min(per_module, key=lambda k: _finite_db(per_module[k]["ort_vs_pytorch_sqnr_db"]))
+        drift["modules_compared"] = len(per_module)
+        drift["worst_module"] = {"module": worst, **per_module[worst]}
     result = _clean({
         "schema": "edgefuse.analysis", "schema_version": 1,
         "source": {k: v for k, v in info.items() if k != "metrics"},
         "data": {"source": data, "split": split, "samples": n, "fingerprint": splits.fingerprint},
         "quant_config": quant_config.to_dict(),
-        "sensitivity": sens.to_dict(),
+        "sensitivity": sens_dict,
         "export_drift": drift,
         "gates": {"calibration": cal_gates, "calibration_flags": gate_flags(cal_gates),
                   "training_last_epoch_flags": gate_flags(train_gates), "training_epochs": len(history)},
@@ -172,13 +182,20 @@ def analyze_model(
                    "and off alone (fp32_kept_*). Ranked by top-1 regained when kept in fp32, then top-1 lost "
                    "when alone in int8, then output SQNR when alone in int8. activation_sqnr_db compares the "
                    "module's own output, all-int8 vs all-fp32; clipped is the share of its fp32 outputs outside "
-                   "its int8 range."),
+                   "its int8 range. ort_sqnr_db / pytorch_sqnr_db: the module's de-quantized int8 output in "
+                   "onnxruntime / PyTorch against fp32; ort_vs_pytorch_sqnr_db: the two int8 computations against "
+                   "each other (export drift). SQNR null = identical (infinite) or, for the onnxruntime columns, "
+                   "no quantized output to tap."),
     })
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / "analysis.json", json.dumps(result, indent=2) + "\n")
     _write_atomic(out / "analysis.html", _analysis_html(result, sens, history, top))
     result["files"] = {"json": str(out / "analysis.json"), "html": str(out / "analysis.html")}
     return result
+
+
+def _finite_db(v) -> float:
+    return 1e9 if v is None or not math.isfinite(v) else v
 
 
 def _fmt(v, pct=False, nd=1):
@@ -197,9 +214,13 @@ def _analysis_html(result: dict, sens, history: list[dict], top: int) -> str:
                f"fp32 top-1 {_fmt(s['fp32_top1'], True)}, int8 (PyTorch) {_fmt(s['int8_top1'], True)}, output SQNR "
                f"{_fmt(s['output_sqnr_db'])} dB. onnxruntime int8 top-1 {_fmt(d['onnxruntime_int8_top1'], True)}; "
                f"PyTorch int8 vs onnxruntime int8: top-1 agreement {_fmt(d['top1_agreement'], True)}, output SQNR "
-               f"{_fmt(d['output_sqnr_db'])} dB (a low value means the export changed the arithmetic).")
+               f"{_fmt(d['output_sqnr_db'])} dB (a low value means the export changed the arithmetic)."
+               + (f" Per module ({d['modules_compared']} compared where the export quantizes their output), the "
+                  f"largest difference is at {d['worst_module']['module']}: "
+                  f"{_fmt(d['worst_module']['ort_vs_pytorch_sqnr_db'])} dB." if d.get("worst_module") else ""))
     rows = [[m["module"], ", ".join(m["ops"]), _fmt(m["fp32_kept_top1"], True), _fmt(m["only_int8_top1"], True),
-             _fmt(m["only_int8_sqnr_db"]), _fmt(m["activation_sqnr_db"]), _fmt(m["clipped"], True)] for m in mods]
+             _fmt(m["only_int8_sqnr_db"]), _fmt(m["activation_sqnr_db"]), _fmt(m["clipped"], True),
+             _fmt(m.get("ort_sqnr_db")), _fmt(m.get("ort_vs_pytorch_sqnr_db"))] for m in mods]
     worst = mods[: min(20, len(mods))]
     gain = [0.0 if m["fp32_kept_top1"] is None or s["int8_top1"] is None else 100 * (m["fp32_kept_top1"] - s["int8_top1"])
             for m in worst]
@@ -210,7 +231,8 @@ def _analysis_html(result: dict, sens, history: list[dict], top: int) -> str:
          + H.bar_chart([m["module"] for m in worst], [m["only_int8_sqnr_db"] or 0 for m in worst],
                        title="output SQNR with only this module in int8 (dB; lower = more sensitive)", ylabel="dB")
          + H.table(["module", "ops", "top-1, all int8 but this", "top-1, only this int8", "output SQNR only this (dB)",
-                    "activation SQNR (dB)", "clipped"], rows)),
+                    "activation SQNR (dB)", "clipped", "onnxruntime activation SQNR (dB)",
+                    "onnxruntime vs PyTorch int8 (dB)"], rows)),
     ]
     hists = "".join(H.histogram(m["histogram"]["counts"], m["histogram"]["min"], m["histogram"]["max"],
                                 title=f"{m['module']}: fp32 output values", marks=tuple(m["histogram"]["qrange"])
@@ -352,3 +374,85 @@ def _ablation_html(result: dict) -> str:
     return H.page("edgefuse ablation: fusion types, deployed in int8",
                   [("Setup", H.paragraph(ablation_markdown(result).splitlines()[0])), ("Results", table),
                    ("Accuracy vs latency", plot + plot2)])
+
+
+def onnxruntime_module_drift(program, onnx_path: str | Path, x, threads: int = 1) -> dict[str, dict]:
+    """Per module: its int8 output as onnxruntime computes it (full graph optimisation, int8 kernels)
+    against the same value in the PyTorch int8 program and in fp32.
+
+    The module's output is tapped where the exported graph quantizes it (a QuantizeLinear whose producer
+    carries the module's path in the exporter's ``pkg.torch.onnx.name_scopes``), so onnxruntime still fuses
+    its int8 kernels around it; modules whose output is not quantized, or not found, are left out.
+
+    Args:
+        program: the :class:`~edgefuse.quantize.analysis.SwitchedProgram` the ONNX file was exported from
+            (same calibration).
+        onnx_path: the raw int8 ONNX export (before onnxsim, which drops the name scopes).
+        x: one batch of inputs.
+
+    Returns:
+        ``{module: {"ort_sqnr_db", "pytorch_sqnr_db", "ort_vs_pytorch_sqnr_db"}}`` (dB against fp32, and
+        between the two int8 computations; a low last value is a drift the export introduced).
+    """
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import helper, numpy_helper
+
+    from edgefuse.quantize.analysis import sqnr
+
+    m = onnx.load(str(onnx_path))
+    producers = {o: n for n in m.graph.node for o in n.output}
+    consts = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    for n in m.graph.node:
+        if n.op_type == "Constant" and n.attribute:
+            consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+
+    def module_of(node) -> str:
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+        if not scopes:
+            return ""
+        try:
+            names = json.loads(scopes.replace("'", '"'))
+        except json.JSONDecodeError:
+            return ""
+        return names[-2] if len(names) >= 2 else ""
+
+    taps: dict[str, onnx.NodeProto] = {}
+    for n in m.graph.node:  # topological order: the last match is the module's output quantization
+        if n.op_type != "QuantizeLinear" or n.input[1] not in consts or n.input[2] not in consts:
+            continue
+        src = producers.get(n.input[0])
+        mod = module_of(src) if src is not None else ""
+        if mod in program.units and program.units[mod].output_q:
+            taps[mod] = n
+    if not taps:
+        return {}
+    have = {o.name for o in m.graph.output}
+    for q in taps.values():
+        if q.output[0] not in have:
+            elem = helper.np_dtype_to_tensor_dtype(consts[q.input[2]].dtype)
+            m.graph.output.append(helper.make_tensor_value_info(q.output[0], elem, None))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = [q.output[0] for q in taps.values()]
+    got = sess.run(names, {sess.get_inputs()[0].name: np.ascontiguousarray(x.numpy(), dtype=np.float32)})
+    wanted = [program.units[u].output_q for u in taps] + [program.units[u].output for u in taps]
+    with program.quantized(None):
+        pt_q = program.capture(x, wanted)
+    with program.quantized(set()):
+        pt_f = program.capture(x, wanted)
+    out = {}
+    for (mod, q), val in zip(taps.items(), got):
+        unit = program.units[mod]
+        scale = consts[q.input[1]].astype(np.float64)
+        zp = consts[q.input[2]].astype(np.float64)
+        deq = torch.from_numpy(((val.astype(np.float64) - zp) * scale).astype(np.float32))
+        ref, pq = pt_f.get(unit.output), pt_q.get(unit.output_q)
+        if ref is None or pq is None or ref.shape != deq.shape:
+            continue
+        out[mod] = {"ort_sqnr_db": sqnr(ref, deq), "pytorch_sqnr_db": sqnr(ref, pq), "ort_vs_pytorch_sqnr_db": sqnr(pq, deq)}
+    return out

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 os.environ.setdefault("EDGEFUSE_DEBUG", "0")
-torch.set_num_threads(2)
+# Under pytest-xdist (`make test` runs two workers, one per core) each worker gets one thread; alone, two.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 def perturb_(module: torch.nn.Module, seed: int = 0, std: float = 0.3) -> torch.nn.Module:

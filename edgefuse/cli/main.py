@@ -474,6 +474,10 @@ def analyze(
                   db(m["only_int8_sqnr_db"]), db(m["activation_sqnr_db"]),
                   "—" if m["clipped"] is None else f"{100 * m['clipped']:.2f}%")
     console.print(t)
+    if d.get("worst_module"):
+        w = d["worst_module"]
+        console.print(f"export drift per module ({d['modules_compared']} compared): lowest onnxruntime-vs-PyTorch "
+                      f"int8 SQNR {db(w['ort_vs_pytorch_sqnr_db'])} dB at {w['module']}", highlight=False)
     g = res["gates"]
     for name, fl in {**g["training_last_epoch_flags"], **g["calibration_flags"]}.items():
         console.print(f"[red]gate flag[/] {name}: {'; '.join(fl)}", highlight=False)

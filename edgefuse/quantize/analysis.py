@@ -83,6 +83,7 @@ class Unit:
     ops: list[str] = field(default_factory=list)
     output: str | None = None  # the last compute node of the unit (for activation SQNR)
     qrange: tuple[float, float] | None = None  # int8 range of that output, if it is quantized
+    output_q: str | None = None  # the node that quantizes that output (its int8 value, de-quantized)
 
 
 class SwitchedProgram:
@@ -222,8 +223,9 @@ def switched_program(
             if q is not None and isinstance(q.args[3], float):
                 scale, zp, qmin, qmax = q.args[3], q.args[4], q.args[5], q.args[6]
                 u.qrange = ((qmin - zp) * scale, (qmax - zp) * scale)
+                u.output_q = q.name
             else:
-                u.qrange = None
+                u.qrange = u.output_q = None
     gm._edgefuse_mask = torch.ones(n, dtype=torch.bool)
     gm.recompile()
     return SwitchedProgram(gm, units, n)

@@ -25,7 +25,35 @@ from edgefuse.quantize.quantizer import EdgefuseQuantizer
 
 import_pt2e()
 import torchao.quantization.pt2e as _ao  # noqa: E402
+import torchao.quantization.pt2e.qat_utils as _qat_utils  # noqa: E402
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e  # noqa: E402
+
+_aten = torch.ops.aten
+_CONV_TARGETS = {
+    torch.nn.functional.conv1d: {_aten.conv1d.default, _aten.conv1d.padding},
+    torch.nn.functional.conv2d: {_aten.conv2d.default, _aten.conv2d.padding},
+    torch.nn.functional.conv_transpose1d: {_aten.conv_transpose1d.default},
+    torch.nn.functional.conv_transpose2d: {_aten.conv_transpose2d.input},
+}
+
+
+def _only_for_present_convs(helper):
+    """torchao's QAT conv-bn fusion and folding trace ~10 pattern graphs with ``torch.export`` for each
+    of conv1d, conv2d, conv_transpose1d and conv_transpose2d on every call (tens of seconds), even when the
+    model has none of that conv kind. Skip a kind the graph does not contain; the result is identical."""
+    def wrapper(m, conv_fn, *args, **kwargs):
+        targets = _CONV_TARGETS.get(conv_fn)
+        if targets is not None and not any(n.op == "call_function" and n.target in targets for n in m.graph.nodes):
+            return m
+        return helper(m, conv_fn, *args, **kwargs)
+
+    wrapper._edgefuse_wrapped = True
+    return wrapper
+
+
+for _name in ("_fuse_conv_bn_qat_helper", "_fold_conv_bn_qat_helper"):
+    if not getattr(getattr(_qat_utils, _name), "_edgefuse_wrapped", False):
+        setattr(_qat_utils, _name, _only_for_present_convs(getattr(_qat_utils, _name)))
 
 
 class CalibrationDataReader(Protocol):

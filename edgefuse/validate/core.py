@@ -88,6 +88,7 @@ def validate_models(
     top5 = {"fp32": None, "int8": None}
     agree = sq = drop = ci = None
     per_class: list[dict] = []
+    preds = None
     samples = 0
     if dataset is not None:
         if len(dataset) == 0:
@@ -103,6 +104,7 @@ def validate_models(
         agree, sq = agreement(lf, lq), sqnr_db(lf, lq)
         drop = drop_of(top1["fp32"], top1["int8"], budgets.drop_type)
         pf, pq = lf.argmax(1), lq.argmax(1)
+        preds = {"fp32": pf, "int8": pq}
         ci = bootstrap_drop_ci(pf == labels, pq == labels, drop_type=budgets.drop_type)
         per_class = per_class_drops(labels, pf, pq, _class_names(dataset))
     if latency_input is None:
@@ -132,7 +134,7 @@ def validate_models(
         int8=ModelResult(str(int8_path), "int8", size_q, top1["int8"], top5["int8"], lat["int8"]),
         agreement=agree, sqnr_db=sq, size_ratio=size_q / size_f, latency_ratio=ratio, accuracy_drop=drop,
         budgets=budgets, drop_ci=ci, per_class=per_class, failures=gate_failures(budgets, drop, ratio, ci),
-        versions=v,
+        versions=v, predictions=preds,
     )
     if baseline is not None:
         fails, cmp = baseline_failures(baseline, int8_top1=top1["int8"], latency_ratio=ratio, samples=samples,

@@ -76,6 +76,9 @@ class ValidationReport:
     failures: list[str] = field(default_factory=list)
     versions: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    #: per-image top-1 classes ``{"fp32": array, "int8": array}`` (not serialised; lets callers compare
+    #: with other programs without running the files again)
+    predictions: dict | None = field(default=None, repr=False, compare=False)
 
     @property
     def passed(self) -> bool:
