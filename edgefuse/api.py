@@ -71,13 +71,19 @@ def train_model(
                "data_fingerprint": splits.fingerprint}
     if dist.enabled:
         metrics["world_size"] = dist.world_size
+    flags: dict = {}
+    report = out.with_name(out.stem + ".train.html")
     if dist.is_main:  # one writer
         save_checkpoint(out, net, contract, metrics=metrics, extra={"train_config": config.__dict__})
+        from edgefuse.studies import training_report
+
+        flags = training_report(log, report, f"edgefuse training: {model}/{fusion} on {splits.source}")
     return {
         "model": model, "fusion": fusion, "data": splits.source,
         "val_top1": result.val_accuracy, "test_top1": result.test_accuracy,
         "test_samples": len(splits.test), "train_seconds": result.seconds,
-        "checkpoint": str(out), "gate_log": str(log), "rank": dist.rank, "world_size": dist.world_size,
+        "checkpoint": str(out), "gate_log": str(log), "report": str(report), "gate_flags": flags,
+        "rank": dist.rank, "world_size": dist.world_size,
     }
 
 

@@ -456,3 +456,26 @@ def onnxruntime_module_drift(program, onnx_path: str | Path, x, threads: int = 1
             continue
         out[mod] = {"ort_sqnr_db": sqnr(ref, deq), "pytorch_sqnr_db": sqnr(ref, pq), "ort_vs_pytorch_sqnr_db": sqnr(pq, deq)}
     return out
+
+
+def training_report(gate_log: str | Path, out_html: str | Path, title: str) -> dict[str, list[str]]:
+    """Write the training report (curves, attention-gate statistics per epoch, flags) from a gate log.
+
+    Returns:
+        The flags of the last epoch's gates (``{gate: [reason, ...]}``; empty when all are healthy).
+    """
+    from edgefuse.quantize.analysis import gate_flags
+    from edgefuse.validate import html as H
+
+    history = read_gate_log(gate_log)
+    flags = gate_flags(history[-1].get("gates", {})) if history else {}
+    curves = H.line_chart({"train top-1": [(r["epoch"], r["train_top1"]) for r in history],
+                           "val top-1": [(r["epoch"], r["val_top1"]) for r in history]},
+                          title="accuracy per epoch", xlabel="epoch", ylabel="top-1", ylim=(0.0, 1.0))
+    loss = H.line_chart({"train loss": [(r["epoch"], r["train_loss"]) for r in history]},
+                        title="training loss per epoch", xlabel="epoch", ylabel="loss")
+    flag_html = "".join(H.paragraph(f"flag — {g}: {'; '.join(f)}", "flag") for g, f in flags.items()) or H.paragraph(
+        "No gate is saturated (>= 90% of outputs within 0.02 of 0 or 1) or collapsed (std < 0.01) after the last epoch.")
+    gates = gate_plots(history) if any(r.get("gates") for r in history) else H.paragraph("The model has no gates.")
+    _write_atomic(Path(out_html), H.page(title, [("Training", curves + loss), ("Attention gates", flag_html + gates)]))
+    return flags

@@ -25,7 +25,7 @@ def test_torchrun_two_processes_matches_single_process(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)  # exactly one JSON document: only rank 0 prints
     assert out["world_size"] == 2 and out["rank"] == 0
-    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["model.gates.jsonl", "model.pt"]
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["model.gates.jsonl", "model.pt", "model.train.html"]
     ddp = load_checkpoint(tmp_path / "ddp" / "model.pt")
     assert ddp.metrics["world_size"] == 2
     assert len((tmp_path / "ddp" / "model.gates.jsonl").read_text().splitlines()) == 6

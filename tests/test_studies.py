@@ -38,3 +38,16 @@ def test_gate_log_reader_keeps_complete_epochs(tmp_path):
     p.write_text(json.dumps({"epoch": 1, "gates": {}}) + "\n" + '{"epoch": 2, "ga')
     assert [r["epoch"] for r in read_gate_log(p)] == [1]
     assert read_gate_log(tmp_path / "none.jsonl") == []
+
+
+def test_training_writes_a_report_with_gate_plots(tmp_path):
+    from edgefuse.api import train_model
+
+    res = train_model(model="resnet", fusion="se", data="digits", out=tmp_path / "m.pt", epochs=2, width=0.25)
+    html = (tmp_path / "m.train.html").read_text()
+    assert res["report"] == str(tmp_path / "m.train.html")
+    # accuracy, loss, then mean / std / saturated share per gate over epochs, and one histogram per gate
+    gates = {g for r in read_gate_log(tmp_path / "m.gates.jsonl") for g in r["gates"]}
+    assert gates and html.count("<svg") == 2 + 3 + len(gates)
+    assert all(g in html for g in gates)
+    assert isinstance(res["gate_flags"], dict)

@@ -98,6 +98,9 @@ def train(
             f"test top-1 {100 * res['test_top1']:.2f}% ({res['test_samples']} images), "
             f"{res['train_seconds']:.0f} s -> {res['checkpoint']}"
         )
+        for g, fl in res.get("gate_flags", {}).items():
+            typer.echo(f"gate flag {g}: {'; '.join(fl)}")
+        typer.echo(f"training report (curves, attention gates per epoch): {res['report']}")
 
 
 @app.command()
