@@ -28,6 +28,21 @@ app = typer.Typer(
 )
 
 
+# The gate's options, shared by `export` and `validate`.
+_GATE = {
+    "drop_type": typer.Option("absolute", help="absolute (pp) or relative (% of fp32 accuracy)."),
+    "max_latency_ratio": typer.Option(1.0, help="Gate: largest int8/fp32 median latency (1.0 = parity)."),
+    "drop_bound": typer.Option("estimate", help="What --max-drop is compared with: estimate (the measured drop) or "
+                                                "upper (the upper end of its bootstrap 95% CI: passes only when the "
+                                                "data show the drop is within budget)."),
+    "min_samples": typer.Option(0, help="Refuse (exit 2) to gate on fewer evaluation images than this."),
+    "baseline": typer.Option(None, help="A stored report.json: also fail when int8 top-1 falls more than "
+                                        "--baseline-tolerance pp below it or the latency ratio rises more than 10% "
+                                        "above it (same data required)."),
+    "baseline_tolerance": typer.Option(0.0, help="Allowed int8 top-1 regression against --baseline (pp)."),
+}
+
+
 def _progress(quiet: bool):
     from edgefuse.cli._ui import RichProgress
 
@@ -259,16 +274,12 @@ def export(
     batch: Optional[int] = typer.Option(None, help="Fixed batch size (default: dynamic batch dimension)."),
     opset: int = typer.Option(18, help="ONNX opset."),
     max_drop: Optional[float] = typer.Option(None, help="Gate: largest top-1 drop of int8 vs fp32 (percentage points)."),
-    drop_type: str = typer.Option("absolute", help="absolute (pp) or relative (% of fp32 accuracy)."),
-    max_latency_ratio: float = typer.Option(1.0, help="Gate: largest int8/fp32 median latency (1.0 = parity)."),
-    drop_bound: str = typer.Option("estimate", help="What --max-drop is compared with: estimate (the measured "
-                                                    "drop) or upper (the upper end of its bootstrap 95% CI: passes "
-                                                    "only when the data show the drop is within budget)."),
-    min_samples: int = typer.Option(0, help="Refuse (exit 2) to gate on fewer evaluation images than this."),
-    baseline: Optional[Path] = typer.Option(None, help="A stored report.json: also fail when int8 top-1 falls more than "
-                                                       "--baseline-tolerance pp below it or the latency ratio rises "
-                                                       "more than 10% above it (same data required)."),
-    baseline_tolerance: float = typer.Option(0.0, help="Allowed int8 top-1 regression against --baseline (pp)."),
+    drop_type: str = _GATE["drop_type"],
+    max_latency_ratio: float = _GATE["max_latency_ratio"],
+    drop_bound: str = _GATE["drop_bound"],
+    min_samples: int = _GATE["min_samples"],
+    baseline: Optional[Path] = _GATE["baseline"],
+    baseline_tolerance: float = _GATE["baseline_tolerance"],
     fallback: bool = typer.Option(True, "--fallback/--no-fallback",
                                   help="With --max-drop: when int8 loses more than the budget on the validation split, "
                                        "keep the most sensitive modules in fp32 (greedy, by measured sensitivity) until "
@@ -356,16 +367,12 @@ def validate(
     split: str = typer.Option("test", help="Split to evaluate on: train, val or test."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for report.json and report.md."),
     max_drop: Optional[float] = typer.Option(None, help="Gate: largest top-1 drop (percentage points)."),
-    drop_type: str = typer.Option("absolute", help="absolute (pp) or relative (% of fp32 accuracy)."),
-    max_latency_ratio: float = typer.Option(1.0, help="Gate: largest int8/fp32 median latency (1.0 = parity)."),
-    drop_bound: str = typer.Option("estimate", help="What --max-drop is compared with: estimate (the measured "
-                                                    "drop) or upper (the upper end of its bootstrap 95% CI: passes "
-                                                    "only when the data show the drop is within budget)."),
-    min_samples: int = typer.Option(0, help="Refuse (exit 2) to gate on fewer evaluation images than this."),
-    baseline: Optional[Path] = typer.Option(None, help="A stored report.json: also fail when int8 top-1 falls more than "
-                                                       "--baseline-tolerance pp below it or the latency ratio rises "
-                                                       "more than 10% above it (same data required)."),
-    baseline_tolerance: float = typer.Option(0.0, help="Allowed int8 top-1 regression against --baseline (pp)."),
+    drop_type: str = _GATE["drop_type"],
+    max_latency_ratio: float = _GATE["max_latency_ratio"],
+    drop_bound: str = _GATE["drop_bound"],
+    min_samples: int = _GATE["min_samples"],
+    baseline: Optional[Path] = _GATE["baseline"],
+    baseline_tolerance: float = _GATE["baseline_tolerance"],
     threads: int = typer.Option(1, help="onnxruntime intra-op threads."),
     runs: int = typer.Option(100, help="Timed runs per model (interleaved, after 10 warm-up runs)."),
     input_size: Optional[int] = typer.Option(None, help="Input side, for models without an edgefuse contract."),

@@ -22,12 +22,12 @@ from edgefuse._quiet import import_pt2e, quiet
 from edgefuse.errors import DataError
 from edgefuse.progress import NullProgress, Progress
 from edgefuse.quantize.config import QuantConfig
-from edgefuse.quantize.pt2e import CalibrationDataReader, _iterate, capture, make_quantizer
+from edgefuse.quantize.pt2e import CalibrationDataReader, calibrate, fp32_inputs_for_excluded
 from edgefuse.quantize.quantizer import module_path
 
 import_pt2e()
 import torchao.quantization.pt2e as _ao  # noqa: E402
-from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e  # noqa: E402
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e  # noqa: E402
 
 _qd = torch.ops.quantized_decomposed
 _QUANT = {_qd.quantize_per_tensor.default, _qd.quantize_per_tensor.tensor, _qd.quantize_per_channel.default}
@@ -153,26 +153,10 @@ def switched_program(
     progress: Progress = NullProgress(),
 ) -> SwitchedProgram:
     """Calibrate ``model`` exactly as :func:`quantize_ptq` does and return a :class:`SwitchedProgram`."""
-    model.eval()
-    batches = _iterate(calibration)
-    first = next(batches, None)
-    if first is None:
-        raise DataError("calibration data is empty")
-    gm = capture(model, first[:1])
-    with quiet():
-        prepared = prepare_pt2e(gm, make_quantizer(config))
-    progress.start("calibrate", len(calibration) if hasattr(calibration, "__len__") else 0)
-    try:
-        with torch.no_grad():
-            prepared(first)
-            progress.advance("calibrate")
-            for x in batches:
-                prepared(x)
-                progress.advance("calibrate")
-    finally:
-        progress.finish("calibrate")
+    prepared, _, _ = calibrate(model, calibration, config, progress)
     with quiet():
         gm = convert_pt2e(prepared, fold_quantize=False)
+    fp32_inputs_for_excluded(gm, config.exclude)  # modules the config already excludes, as quantize_ptq does
     _ao.allow_exported_model_train_eval(gm)
     graph = gm.graph
     units: dict[str, Unit] = {}

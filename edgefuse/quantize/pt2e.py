@@ -190,22 +190,16 @@ def capture(model: nn.Module, example_input: torch.Tensor) -> torch.fx.GraphModu
         return torch.export.export(model, (example,), dynamic_shapes=({0: batch},)).module()
 
 
-def quantize_ptq(
+def calibrate(
     model: nn.Module,
     calibration: CalibrationDataReader,
-    config: QuantConfig = QuantConfig(),
-    *,
+    config: QuantConfig,
     progress: Progress = NullProgress(),
-) -> QuantizedModel:
-    """Post-training int8 quantization of an fp32 model.
+) -> tuple[torch.fx.GraphModule, torch.Tensor, int]:
+    """Capture ``model``, insert ``config``'s observers and run the calibration batches through them.
 
-    Args:
-        model: any ``nn.Module`` taking one NCHW tensor (put in eval mode here).
-        calibration: batches of preprocessed inputs, prepared exactly as for evaluation.
-        config: quantization options.
-
-    Raises:
-        DataError: no calibration data, or NaN/Inf in it.
+    Returns:
+        ``(prepared, first_batch, images_seen)``.
     """
     model.eval()  # (exported modules' patched eval() returns None, so never chain it)
     batches = _iterate(calibration)
@@ -226,6 +220,27 @@ def quantize_ptq(
                 progress.advance("calibrate")
     finally:
         progress.finish("calibrate")
+    return prepared, first, seen
+
+
+def quantize_ptq(
+    model: nn.Module,
+    calibration: CalibrationDataReader,
+    config: QuantConfig = QuantConfig(),
+    *,
+    progress: Progress = NullProgress(),
+) -> QuantizedModel:
+    """Post-training int8 quantization of an fp32 model.
+
+    Args:
+        model: any ``nn.Module`` taking one NCHW tensor (put in eval mode here).
+        calibration: batches of preprocessed inputs, prepared exactly as for evaluation.
+        config: quantization options.
+
+    Raises:
+        DataError: no calibration data, or NaN/Inf in it.
+    """
+    prepared, first, seen = calibrate(model, calibration, config, progress)
     return QuantizedModel(_convert(prepared, config), config, "ptq", first[:1].clone(), seen)
 
 

@@ -142,7 +142,7 @@ class ValidationReport:
             + (f"{self.speedup:.2f}× faster)" if self.latency_ratio < 1 else f"{1 / self.speedup:.2f}× slower)"),
             f"- top-1 agreement: {pct(self.agreement)}; output SQNR: "
             + ("—" if self.sqnr_db is None else f"{self.sqnr_db:.1f} dB"),
-            f"- accuracy drop: " + ("—" if self.accuracy_drop is None else f"{self.accuracy_drop:.2f} {unit}")
+            "- accuracy drop: " + ("—" if self.accuracy_drop is None else f"{self.accuracy_drop:.2f} {unit}")
             + ("" if self.drop_ci is None else
                f" (bootstrap 95% CI {self.drop_ci[0]:.2f} … {self.drop_ci[1]:.2f}, {self.data.get('samples')} images)"),
         ]
