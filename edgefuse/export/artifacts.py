@@ -26,6 +26,7 @@ from edgefuse.export.sidecar import contract_metadata
 from edgefuse.export.onnx_checks import (
     compact,
     reduce_mean_to_global_pool,
+    restore_module_metadata,
     set_metadata,
     strip_debug_metadata,
     weight_summary,
@@ -98,6 +99,7 @@ def _finish_onnx(path: Path, contract: PreprocessContract, precision: str, simpl
                 simplified, ok = onnxsim.simplify(model)
             after = weight_summary(simplified) if ok else None
             if ok and after["int8_weights"] == before["int8_weights"] and after["float_weights"] <= before["float_weights"]:
+                restore_module_metadata(model, simplified)
                 model = simplified
                 details["onnxsim"] = "applied"
             elif ok:

@@ -63,10 +63,59 @@ def strip_debug_metadata(model: onnx.ModelProto) -> None:
         n.doc_string = ""
         if module:
             n.metadata_props.add(key="module", value=module)
+    _label_qdq(model)
     for f in model.functions:
         for n in f.node:
             del n.metadata_props[:]
     model.doc_string = ""
+
+
+def _label_qdq(model: onnx.ModelProto) -> None:
+    """Quantize/Dequantize nodes are exported outside any module: charge a QuantizeLinear to the module
+    that produced its input and a DequantizeLinear to the module that reads its output."""
+    def mod(n):
+        return next((p.value for p in n.metadata_props if p.key == "module"), None)
+
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    for n in model.graph.node:
+        if n.op_type == "DequantizeLinear" and mod(n) is None:
+            found = next((m for c in consumers.get(n.output[0], []) if (m := mod(c))), None)
+            if found:
+                n.metadata_props.add(key="module", value=found)
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear" and mod(n) is None:
+            p = producers.get(n.input[0])
+            found = mod(p) if p is not None else None
+            if not found:  # quantizing the network input or a weight: charge it to the reader
+                found = next((m for d in consumers.get(n.output[0], []) for c in consumers.get(d.output[0], [d])
+                              if (m := mod(c))), None)
+            if found:
+                n.metadata_props.add(key="module", value=found)
+
+
+def restore_module_metadata(source: onnx.ModelProto, rebuilt: onnx.ModelProto) -> int:
+    """Copy the ``module`` key of every node of ``source`` onto the same node of ``rebuilt`` (matched by
+    name, else by output tensor), which onnxsim drops when it rebuilds the graph. Returns nodes labelled."""
+    by_name, by_output = {}, {}
+    for n in source.graph.node:
+        mod = next((p.value for p in n.metadata_props if p.key == "module"), None)
+        if mod:
+            by_name[n.name] = mod
+            for o in n.output:
+                by_output[o] = mod
+    labelled = 0
+    for n in rebuilt.graph.node:
+        if any(p.key == "module" for p in n.metadata_props):
+            continue
+        mod = by_name.get(n.name) or next((by_output[o] for o in n.output if o in by_output), None)
+        if mod:
+            n.metadata_props.add(key="module", value=mod)
+            labelled += 1
+    return labelled
 
 
 def compact(model: onnx.ModelProto) -> None:

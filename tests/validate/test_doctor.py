@@ -107,3 +107,19 @@ class _Once:
     def get_next(self):
         x, self.x = self.x, None
         return x
+
+
+def test_shipped_int8_onnx_keeps_module_names_through_onnxsim(exported):
+    """onnxsim rebuilds nodes without their metadata; the export restores each node's source module so
+    `edgefuse doctor` can name the module behind a slow node."""
+    import onnx
+
+    path = exported["export"].path("onnx", "int8")
+    m = onnx.load(str(path))
+    mods = {p.value for n in m.graph.node for p in n.metadata_props if p.key == "module"}
+    assert any(v.startswith("stages.") for v in mods) and "head" in mods
+    labelled = [n for n in m.graph.node if n.op_type in ("Conv", "QuantizeLinear", "DequantizeLinear")
+                and any(p.key == "module" for p in n.metadata_props)]
+    assert len(labelled) >= 0.8 * sum(n.op_type in ("Conv", "QuantizeLinear", "DequantizeLinear") for n in m.graph.node)
+    rep = diagnose(path, runs=5)
+    assert any(f.module.startswith("stages.") for f in rep.findings)
