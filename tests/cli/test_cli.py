@@ -20,7 +20,7 @@ def test_help_is_fast_and_lists_commands():
     assert r.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("cmd", ["train", "inspect", "list"])
+@pytest.mark.parametrize("cmd", ["train", "inspect", "list", "analyze", "ablate"])
 def test_subcommand_help(cmd):
     r = run(cmd, "--help")
     assert r.returncode == 0 and "Usage" in r.stdout
@@ -160,3 +160,10 @@ def test_min_samples_and_baseline_gate(exported, tmp_path):
     (tmp_path / "better.json").write_text(json.dumps(base))
     r = run(*common, "--baseline", str(tmp_path / "better.json"), "--baseline-tolerance", "0.5", "--quiet")
     assert r.returncode == 1 and "regressed" in r.stderr and "allowed 0.5 pp" in r.stderr
+
+
+def test_analyze_and_ablate_bad_input(tmp_path):
+    _one_line_error(run("analyze", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "an")), "missing.pt")
+    _one_line_error(run("ablate", "--fusions", "add,nope", "--out", str(tmp_path / "ab")), "unknown fusion", "effatt")
+    _one_line_error(run("ablate", "--positions", "middle", "--out", str(tmp_path / "ab")), "position")
+    assert not (tmp_path / "an").exists() and not (tmp_path / "ab").exists()
