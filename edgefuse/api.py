@@ -551,7 +551,7 @@ def _accuracy_fallback(model, quantized, calib_ds, split, contract, quant_config
                             progress=progress)
 
     return accuracy_fallback(model, calib_ds, val_ds, quant_config, rebuild, max_drop=budgets.max_drop,
-                             drop_type=budgets.drop_type, progress=progress)
+                             drop_type=budgets.drop_type, progress=progress, before_top1=int8)
 
 
 def _fallback_latency(model, calib_ds, fb, config, threads: int, runs: int, built: dict) -> dict:

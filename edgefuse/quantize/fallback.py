@@ -60,6 +60,7 @@ def accuracy_fallback(
     drop_type: str = "absolute",
     split_name: str = "val",
     max_modules: int = 12,
+    before_top1: float | None = None,
     progress: Progress = NullProgress(),
 ) -> tuple[QuantizedModel | None, FallbackResult]:
     """Rebuild the int8 program with its most sensitive modules in fp32 until the top-1 drop on
@@ -77,6 +78,8 @@ def accuracy_fallback(
         config: the quantization config of the original build (its ``exclude`` is kept and extended).
         quantize: builds a :class:`QuantizedModel` from a config (the caller's PTQ or QAT).
         max_drop: the budget (percentage points, or percent of fp32 accuracy when ``drop_type`` is relative).
+        before_top1: top-1 of the caller's int8 build on ``select_data`` (a QAT build differs from the PTQ
+            program the ranking is measured on); default: that PTQ program's.
 
     Returns:
         ``(program, result)``: the rebuilt program (None when the original already fits) and a report.
@@ -93,7 +96,7 @@ def accuracy_fallback(
     prog = switched_program(model, reader, config, progress=progress)
     sens = module_sensitivity(prog, select_data, progress=progress)
     ranking = sens.ranked()
-    before = sens.int8_top1
+    before = sens.int8_top1 if before_top1 is None else before_top1
     result = FallbackResult(split_name, budget_pp, fp32, before, before, [], True, ranking=ranking[:10])
     if 100 * (fp32 - before) <= budget_pp + 1e-9:
         return None, result
