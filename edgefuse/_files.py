@@ -10,6 +10,17 @@ from edgefuse.errors import InputFileError
 MAX_MODEL_BYTES = 2 << 30
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a hidden temporary beside it, so readers never see half a file."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
 def check_input_file(path: str | Path, what: str = "model file", max_bytes: int | None = MAX_MODEL_BYTES) -> Path:
     """Path of an existing, non-empty regular file (within ``max_bytes``), or a one-line InputFileError."""
     path = Path(path)

@@ -14,6 +14,17 @@ def gate_log_path(checkpoint: str | Path) -> Path:
     return p.with_name(p.stem + ".gates.jsonl")
 
 
+def check_model_args(model: str, fusion: str, *, width: float = 1.0, channels: int | None = None,
+                     input_size: int = 32, fusion_kwargs: dict | None = None, positions: str = "all") -> None:
+    """Build the zoo model once (2 classes, thrown away): a bad name, size or option fails before any data
+    is read or any time is spent."""
+    from edgefuse.models import create_model
+
+    extra_kwargs = {"positions": positions} if positions != "all" else {}
+    create_model(model, 2, fusion=fusion, width=width, in_chans=channels or 1, input_size=input_size,
+                 fusion_kwargs=fusion_kwargs or {}, **extra_kwargs)
+
+
 @_joins_process_group
 def train_model(
     *,
@@ -50,11 +61,9 @@ def train_model(
     from edgefuse.training import TrainConfig, train
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, attention_lr_scale=attention_lr_scale, seed=seed)
+    check_model_args(model, fusion, width=width, channels=channels, input_size=input_size,
+                     fusion_kwargs=fusion_kwargs, positions=positions)
     extra_kwargs = {"positions": positions} if positions != "all" else {}
-    # Fail on a bad name or size before spending time on the data.
-    torch.manual_seed(seed)
-    create_model(model, 2, fusion=fusion, width=width, in_chans=channels or 1, input_size=input_size,
-                 fusion_kwargs=fusion_kwargs or {}, **extra_kwargs)
     splits = load_data(data, seed=seed)
     ch = channels or splits.default_channels
     mean, std = norm_stats(splits.train, ch, input_size)
@@ -383,7 +392,7 @@ def export_model(
     from edgefuse.data import ImageDataset, load_data
     from edgefuse.errors import DataError, UsageError
     from edgefuse.export import DEFAULT_OPSET, export_artifacts
-    from edgefuse.quantize import QuantConfig, TensorBatches, quantize_ptq, quantize_qat
+    from edgefuse.quantize import TensorBatches, quantize_ptq, quantize_qat
     from edgefuse.validate import Budgets, validate_models, write_report
 
     out = Path(out_dir)
@@ -395,10 +404,9 @@ def export_model(
         require_executorch()  # before any work: a one-line error naming the extra
     model, contract, info = load_model_source(source, **(model_kwargs or {}))
     if quant_config is None:
-        from edgefuse.quantize.targets import detect_target
+        from edgefuse.quantize.targets import quant_config_for
 
-        t = detect_target()
-        quant_config = QuantConfig(activation_dtype=t.activation_dtype, reduce_range=t.reduce_range, target=t.name)
+        quant_config = quant_config_for()
     budgets = budgets or Budgets()
     if int8 and not calib:
         raise UsageError("--int8 needs calibration data: pass --calib DATA")
@@ -415,11 +423,8 @@ def export_model(
             from dataclasses import replace
 
             contract = replace(contract, class_names=tuple(names))
-    if budgets.min_samples and eval_source and int8 and validate:
-        have = len(splits[eval_source].test)
-        if have < budgets.min_samples:  # refuse before any work, not after writing artifacts
-            raise UsageError(f"the gate needs at least {budgets.min_samples} evaluation images (--min-samples) but "
-                             f"the test split of {eval_source} holds {have}")
+    if eval_source and int8 and validate:  # refuse before any work, not after writing artifacts
+        budgets.require_samples(len(splits[eval_source].test), f"the test split of {eval_source}")
     import torch
 
     probe = torch.zeros(contract.input_shape)

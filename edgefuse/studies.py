@@ -7,17 +7,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
+from edgefuse._files import write_text_atomic
 from edgefuse.progress import NullProgress, Progress
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
 
 
 def _clean(v):
@@ -100,9 +93,13 @@ def analyze_model(
     from edgefuse.api import gate_log_path, load_model_source
     from edgefuse.data import ImageDataset, load_data
     from edgefuse.errors import DataError, UsageError
-    from edgefuse.quantize import QuantConfig, TensorBatches, quantize_ptq
-    from edgefuse.quantize.analysis import gate_flags, module_sensitivity, sqnr, switched_program
+    import copy
+
+    from edgefuse.quantize import TensorBatches
+    from edgefuse.quantize.analysis import batched_logits, gate_flags, module_sensitivity, switch_prepared
+    from edgefuse.quantize.pt2e import calibrate, convert_calibrated
     from edgefuse.training import GateMonitor
+    from edgefuse.validate.metrics import sqnr_db
 
     out = Path(out_dir)
     if (out / "analysis.json").exists() and not force:
@@ -116,17 +113,19 @@ def analyze_model(
     if contract.class_names and tuple(contract.class_names) != tuple(splits.class_names):
         raise DataError("the data's classes differ from the model's")
     if quant_config is None:
-        from edgefuse.quantize.targets import detect_target
+        from edgefuse.quantize.targets import quant_config_for
 
-        t = detect_target()
-        quant_config = QuantConfig(activation_dtype=t.activation_dtype, reduce_range=t.reduce_range, target=t.name)
+        quant_config = quant_config_for()
     calib_ds = ImageDataset(splits.train, contract)
     eval_ds = ImageDataset(splits.split(split), contract)
     if len(eval_ds) == 0:
         raise DataError(f"the {split} split of {data} is empty")
     model.eval()
     reader = TensorBatches(calib_ds, quant_config.calib_samples, quant_config.calib_batch_size)
-    prog = switched_program(model, reader, quant_config, progress=progress)
+    # One calibration serves both the switchable program and the plain int8 one that gets exported.
+    prepared, _, _ = calibrate(model, reader, quant_config, progress)
+    q = convert_calibrated(copy.deepcopy(prepared), quant_config)
+    prog = switch_prepared(prepared, quant_config)
     sens = module_sensitivity(prog, eval_ds, samples=samples, progress=progress)
 
     # Gates at calibration time (fp32 model, calibration images).
@@ -144,20 +143,17 @@ def analyze_model(
     from edgefuse.export import export_onnx
     from edgefuse.validate.runtime import OrtModel
 
-    reader.rewind()
-    q = quantize_ptq(model, reader, quant_config)
     n = sens.samples
     xs = torch.stack([eval_ds[i][0] for i in range(n)])
     ys = np.asarray([int(eval_ds[i][1]) for i in range(n)])
-    with torch.no_grad():
-        pt = torch.cat([q.program(xs[i : i + 256]) for i in range(0, n, 256)]).numpy()
+    pt = batched_logits(q, xs).numpy()
     with tempfile.TemporaryDirectory(prefix="edgefuse-analyze-") as tmp:
-        onnx_path = export_onnx(q.program, (xs[:1],), Path(tmp) / "int8.onnx")
+        onnx_path = export_onnx(q, (xs[:1],), Path(tmp) / "int8.onnx")
         ort_model = OrtModel(onnx_path, threads)
         ortv = np.concatenate([ort_model.run(xs[i : i + 64].numpy()) for i in range(0, n, 64)])
         per_module = onnxruntime_module_drift(prog, onnx_path, xs[:64], threads)
     drift = {"top1_agreement": float((pt.argmax(1) == ortv.argmax(1)).mean()),
-             "output_sqnr_db": sqnr(torch.from_numpy(pt), torch.from_numpy(ortv)),
+             "output_sqnr_db": sqnr_db(pt, ortv),
              "pytorch_int8_top1": float((pt.argmax(1) == ys).mean()),
              "onnxruntime_int8_top1": float((ortv.argmax(1) == ys).mean())}
 
@@ -188,8 +184,8 @@ def analyze_model(
                    "no quantized output to tap."),
     })
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "analysis.json", json.dumps(result, indent=2) + "\n")
-    _write_atomic(out / "analysis.html", _analysis_html(result, sens, history, top))
+    write_text_atomic(out / "analysis.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / "analysis.html", _analysis_html(result, sens, history, top))
     result["files"] = {"json": str(out / "analysis.json"), "html": str(out / "analysis.html")}
     return result
 
@@ -272,27 +268,22 @@ def ablate_models(
     Returns:
         ``{"rows": [...], "files": {...}}``; also writes ``ablation.json``, ``ablation.md`` and ``ablation.html``.
     """
-    from edgefuse.api import export_model, train_model
-    from edgefuse.blocks import list_fusions
+    from edgefuse.api import check_model_args, export_model, train_model
     from edgefuse.checkpoint import load_checkpoint
-    from edgefuse.errors import UnknownNameError, UsageError
+    from edgefuse.errors import UsageError
     from edgefuse.training import count_macs, count_params
     from edgefuse.validate import Budgets
 
     out = Path(out_dir)
     if (out / "ablation.json").exists() and not force:
         raise UsageError(f"{out} already holds an ablation; pass --force to replace it")
-    if not fusions:
-        raise UsageError("--fusions needs at least one fusion")
-    known = list_fusions()
-    for f in fusions:
-        if f not in known:
-            raise UnknownNameError(f"unknown fusion {f!r}; choose from: {', '.join(known)}")
-    for p in positions:
-        if p not in ("all", "early", "late"):
-            raise UsageError(f"unknown position {p!r}; choose from: all, early, late")
+    if not fusions or not positions:
+        raise UsageError("--fusions and --positions need at least one name each")
     if len(set(fusions)) != len(fusions) or len(set(positions)) != len(positions):
         raise UsageError("--fusions and --positions must not repeat a name")
+    for pos in positions:  # every variant must build before the first one trains
+        for fusion in fusions:
+            check_model_args(model, fusion, width=width, input_size=input_size, positions=pos)
     rows: list[dict] = []
     files: dict[str, tuple] = {}
     for pos in positions:
@@ -333,9 +324,9 @@ def ablate_models(
     result = {"schema": "edgefuse.ablation", "schema_version": 1, "model": model, "data": data, "epochs": epochs,
               "width": width, "input_size": input_size, "seed": seed, "threads": threads, "runs": runs, "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "ablation.json", json.dumps(_clean(result), indent=2) + "\n")
-    _write_atomic(out / "ablation.md", ablation_markdown(result))
-    _write_atomic(out / "ablation.html", _ablation_html(result))
+    write_text_atomic(out / "ablation.json", json.dumps(_clean(result), indent=2) + "\n")
+    write_text_atomic(out / "ablation.md", ablation_markdown(result))
+    write_text_atomic(out / "ablation.html", _ablation_html(result))
     result["files"] = {k: str(out / f"ablation.{k}") for k in ("json", "md", "html")}
     return result
 
@@ -477,5 +468,5 @@ def training_report(gate_log: str | Path, out_html: str | Path, title: str) -> d
     flag_html = "".join(H.paragraph(f"flag — {g}: {'; '.join(f)}", "flag") for g, f in flags.items()) or H.paragraph(
         "No gate is saturated (>= 90% of outputs within 0.02 of 0 or 1) or collapsed (std < 0.01) after the last epoch.")
     gates = gate_plots(history) if any(r.get("gates") for r in history) else H.paragraph("The model has no gates.")
-    _write_atomic(Path(out_html), H.page(title, [("Training", curves + loss), ("Attention gates", flag_html + gates)]))
+    write_text_atomic(Path(out_html), H.page(title, [("Training", curves + loss), ("Attention gates", flag_html + gates)]))
     return flags

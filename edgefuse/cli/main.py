@@ -307,16 +307,14 @@ def export(
     (exit 1 when --max-drop or --max-latency-ratio is exceeded for any of them)."""
     from edgefuse.api import export_model
     from edgefuse.export import parse_formats
-    from edgefuse.quantize import QATConfig, QuantConfig
+    from edgefuse.quantize import QATConfig
     from edgefuse.validate import Budgets
 
     fmts = parse_formats(formats)
-    from edgefuse.quantize.targets import get_target
+    from edgefuse.quantize.targets import quant_config_for
 
-    tgt = get_target(target)
-    qcfg = QuantConfig(per_channel=per_channel, calibration=calibration, calib_samples=calib_samples,
-                       exclude=tuple(exclude or ()), activation_dtype=tgt.activation_dtype,
-                       reduce_range=tgt.reduce_range, target=tgt.name)
+    qcfg = quant_config_for(target, per_channel=per_channel, calibration=calibration, calib_samples=calib_samples,
+                            exclude=tuple(exclude or ()))
     budgets = Budgets(max_drop=max_drop, drop_type=drop_type, max_latency_ratio=max_latency_ratio,
                       drop_bound=drop_bound, min_samples=min_samples)
     base = _baseline(baseline)
@@ -435,13 +433,10 @@ def analyze(
     alone (accuracy, or output SQNR), each module's activation SQNR and clipping, PyTorch int8 vs onnxruntime
     int8 (export drift), and the attention gates (saturated / collapsed flags). Writes analysis.json and an
     HTML report with plots."""
-    from edgefuse.quantize import QuantConfig
-    from edgefuse.quantize.targets import get_target
+    from edgefuse.quantize.targets import quant_config_for
     from edgefuse.studies import analyze_model
 
-    tgt = get_target(target)
-    qcfg = QuantConfig(calib_samples=calib_samples, activation_dtype=tgt.activation_dtype,
-                       reduce_range=tgt.reduce_range, target=tgt.name)
+    qcfg = quant_config_for(target, calib_samples=calib_samples)
     progress = _progress(quiet or json_out)
     try:
         res = analyze_model(model, out, data=data, split=split, samples=samples, quant_config=qcfg, seed=seed,

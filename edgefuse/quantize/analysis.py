@@ -24,6 +24,7 @@ from edgefuse.progress import NullProgress, Progress
 from edgefuse.quantize.config import QuantConfig
 from edgefuse.quantize.pt2e import CalibrationDataReader, calibrate, fp32_inputs_for_excluded
 from edgefuse.quantize.quantizer import module_path
+from edgefuse.validate.metrics import sqnr_db
 
 import_pt2e()
 import torchao.quantization.pt2e as _ao  # noqa: E402
@@ -154,6 +155,12 @@ def switched_program(
 ) -> SwitchedProgram:
     """Calibrate ``model`` exactly as :func:`quantize_ptq` does and return a :class:`SwitchedProgram`."""
     prepared, _, _ = calibrate(model, calibration, config, progress)
+    return switch_prepared(prepared, config)
+
+
+def switch_prepared(prepared: torch.fx.GraphModule, config: QuantConfig) -> SwitchedProgram:
+    """Convert a calibrated program from :func:`edgefuse.quantize.pt2e.calibrate` into a
+    :class:`SwitchedProgram` (``prepared`` is consumed: convert a copy to also get the plain int8 program)."""
     with quiet():
         gm = convert_pt2e(prepared, fold_quantize=False)
     fp32_inputs_for_excluded(gm, config.exclude)  # modules the config already excludes, as quantize_ptq does
@@ -216,12 +223,18 @@ def switched_program(
 
 
 def sqnr(reference: torch.Tensor, test: torch.Tensor) -> float:
-    """SQNR of ``test`` against ``reference`` in dB (``inf`` when identical)."""
-    ref = reference.double()
-    noise = float(((ref - test.double()) ** 2).mean())
-    if noise == 0:
-        return math.inf
-    return 10.0 * math.log10(max(float((ref**2).mean()), 1e-30) / noise)
+    """:func:`edgefuse.validate.metrics.sqnr_db` of two tensors, in dB (``inf`` when identical)."""
+    return sqnr_db(reference.detach().numpy(), test.detach().numpy())
+
+
+def batched_logits(fn, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """``fn`` over ``x`` in batches, without gradients, concatenated."""
+    with torch.no_grad():
+        return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(1) == labels).float().mean())
 
 
 @dataclass
@@ -321,10 +334,10 @@ def module_sensitivity(
     x, y = _stack(dataset, samples)
 
     def logits() -> torch.Tensor:
-        return torch.cat([program(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        return batched_logits(program, x, batch_size)
 
-    def top1(out: torch.Tensor) -> float | None:
-        return None if y is None else float((out.argmax(1) == y).float().mean())
+    def acc(out: torch.Tensor) -> float | None:
+        return None if y is None else top1(out, y)
 
     with program.quantized(set()):
         ref = logits()
@@ -365,12 +378,12 @@ def module_sensitivity(
                     hist = {"min": lo_h, "max": hi_h, "counts": [int(c) for c in counts],
                             "qrange": list(u.qrange) if u.qrange else None}
             rows.append(ModuleSensitivity(
-                module=name, ops=sorted(set(u.ops)), only_int8_top1=top1(only), fp32_kept_top1=top1(kept),
+                module=name, ops=sorted(set(u.ops)), only_int8_top1=acc(only), fp32_kept_top1=acc(kept),
                 only_int8_sqnr_db=sqnr(ref, only), fp32_kept_sqnr_db=sqnr(ref, kept),
                 activation_sqnr_db=act, clipped=clipped, histogram=hist))
     finally:
         progress.finish("analyze")
-    f_top1, q_top1 = top1(ref), top1(full)
+    f_top1, q_top1 = acc(ref), acc(full)
     rows.sort(key=lambda m: m.score(f_top1, q_top1))
     return SensitivityResult(len(x), y is not None, f_top1, q_top1, sqnr(ref, full), rows)
 
@@ -397,8 +410,7 @@ def greedy_fallback(
         raise DataError("the accuracy fallback needs labelled data")
 
     def acc() -> float:
-        out = torch.cat([program(x[i : i + 256]) for i in range(0, len(x), 256)])
-        return float((out.argmax(1) == y).float().mean())
+        return top1(batched_logits(program, x), y)
 
     with program.quantized(set()):
         fp32 = acc()
@@ -437,6 +449,6 @@ def gate_flags(stats: dict[str, dict], saturated: float = 0.9, collapsed_std: fl
 
 
 __all__ = [
-    "ROOT", "ModuleSensitivity", "SensitivityResult", "SwitchedProgram", "Unit", "exclude_pattern", "gate_flags",
-    "greedy_fallback", "module_sensitivity", "sqnr", "switched_program",
+    "ROOT", "ModuleSensitivity", "SensitivityResult", "SwitchedProgram", "Unit", "batched_logits", "exclude_pattern",
+    "gate_flags", "greedy_fallback", "module_sensitivity", "sqnr", "switch_prepared", "switched_program", "top1",
 ]

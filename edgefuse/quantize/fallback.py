@@ -9,7 +9,14 @@ import torch
 
 from edgefuse.errors import DataError
 from edgefuse.progress import NullProgress, Progress
-from edgefuse.quantize.analysis import exclude_pattern, greedy_fallback, module_sensitivity, switched_program
+from edgefuse.quantize.analysis import (
+    batched_logits,
+    exclude_pattern,
+    greedy_fallback,
+    module_sensitivity,
+    switched_program,
+    top1,
+)
 from edgefuse.quantize.config import QuantConfig
 from edgefuse.quantize.pt2e import QuantizedModel, TensorBatches
 
@@ -44,9 +51,7 @@ class FallbackResult:
 
 
 def _top1(fn, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        out = torch.cat([fn(x[i : i + 256]) for i in range(0, len(x), 256)])
-    return float((out.argmax(1) == y).float().mean())
+    return top1(batched_logits(fn, x), y)
 
 
 def accuracy_fallback(

@@ -143,7 +143,8 @@ def fp32_inputs_for_excluded(program: torch.fx.GraphModule, exclude: tuple[str, 
     return rewired
 
 
-def _convert(prepared: torch.fx.GraphModule, config: QuantConfig) -> torch.fx.GraphModule:
+def convert_calibrated(prepared: torch.fx.GraphModule, config: QuantConfig) -> torch.fx.GraphModule:
+    """``convert_pt2e`` plus edgefuse's fp32 inputs for excluded modules: the int8 program PTQ and QAT return."""
     with quiet():
         program = convert_pt2e(prepared)
     fp32_inputs_for_excluded(program, config.exclude)
@@ -241,7 +242,7 @@ def quantize_ptq(
         DataError: no calibration data, or NaN/Inf in it.
     """
     prepared, first, seen = calibrate(model, calibration, config, progress)
-    return QuantizedModel(_convert(prepared, config), config, "ptq", first[:1].clone(), seen)
+    return QuantizedModel(convert_calibrated(prepared, config), config, "ptq", first[:1].clone(), seen)
 
 
 @dataclass(frozen=True)
@@ -368,4 +369,4 @@ def quantize_qat(
     finally:
         progress.finish("qat")
     _ao.move_exported_model_to_eval(prepared)
-    return QuantizedModel(_convert(prepared, config), config, "qat", xs[:1].clone(), n, history)
+    return QuantizedModel(convert_calibrated(prepared, config), config, "qat", xs[:1].clone(), n, history)

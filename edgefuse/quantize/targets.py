@@ -55,6 +55,14 @@ def detect_target(flags: set[str] | None = None, machine: str | None = None) -> 
     return TARGETS["x86-avx2"]
 
 
+def quant_config_for(target: str | Target | None = None, **options):
+    """A :class:`QuantConfig` with ``target``'s int8 flavour (``None``/``auto``: this CPU's) and ``options``."""
+    from edgefuse.quantize.config import QuantConfig
+
+    t = target if isinstance(target, Target) else get_target(target)
+    return QuantConfig(activation_dtype=t.activation_dtype, reduce_range=t.reduce_range, target=t.name, **options)
+
+
 def get_target(name: str | None) -> Target:
     """``None`` or ``auto`` detects; otherwise a name from :data:`TARGETS`."""
     if name in (None, "auto"):

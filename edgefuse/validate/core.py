@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edgefuse._versions import cpu_name, versions
-from edgefuse.errors import DataError, UsageError
+from edgefuse.errors import DataError
 from edgefuse.progress import NullProgress, Progress
 from edgefuse.validate.latency import interleaved_latency
 from edgefuse.validate.metrics import agreement, sqnr_db, topk_accuracy
@@ -75,10 +75,7 @@ def validate_models(
     """
     if runs < 1 or warmup < 0:
         raise DataError("latency runs must be >= 1 and warm-up >= 0")
-    have = 0 if dataset is None else len(dataset)
-    if budgets.min_samples and have < budgets.min_samples:
-        raise UsageError(f"the gate needs at least {budgets.min_samples} evaluation images (--min-samples) "
-                         f"but the evaluation split holds {have}; a drop measured on so few is chance")
+    budgets.require_samples(0 if dataset is None else len(dataset))
     kinds = {Path(fp32_path).suffix.lower() == ".pte", Path(int8_path).suffix.lower() == ".pte"}
     if len(kinds) != 1:
         raise DataError("compare files of the same runtime: both .onnx/.ort or both .pte")
@@ -149,15 +146,10 @@ def validate_models(
 def write_report(report: ValidationReport, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.md`` into ``out_dir`` (atomically)."""
     import json
-    import os
+
+    from edgefuse._files import write_text_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, text in (("report.json", json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n"),
-                       ("report.md", report.to_markdown())):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
-        paths.append(out / name)
-    return paths[0], paths[1]
+    return (write_text_atomic(out / "report.json", json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n"),
+            write_text_atomic(out / "report.md", report.to_markdown()))

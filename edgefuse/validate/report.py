@@ -46,6 +46,12 @@ class Budgets:
         if self.min_samples < 0:
             raise UsageError(f"--min-samples must be >= 0, got {self.min_samples}")
 
+    def require_samples(self, have: int, where: str = "the evaluation split") -> None:
+        """Raise :class:`UsageError` when ``have`` evaluation images are fewer than ``min_samples``."""
+        if self.min_samples and have < self.min_samples:
+            raise UsageError(f"the gate needs at least {self.min_samples} evaluation images (--min-samples) but "
+                             f"{where} holds {have}; a drop measured on so few is chance")
+
 
 @dataclass
 class ModelResult:
@@ -194,11 +200,11 @@ class ValidationReport:
                 lines += ["", f"| module kept in fp32 | {fb['split']} top-1 after | int8 ms after | latency cost |",
                           "|---|---|---|---|"]
                 tops = {tuple(s["kept_fp32"]): s["top1"] for s in fb.get("steps", [])}
+                timed = lat.get("steps") or []
                 for i, m in enumerate(fb["kept_fp32"]):
-                    step = (lat.get("steps") or [None] * len(fb["kept_fp32"]))[i]
                     top = tops.get(tuple(fb["kept_fp32"][: i + 1]))
-                    lines.append(f"| `{m}` | {pct(top)} | " + ("—" if step is None else
-                                 f"{step['ms']:.3f} | {step['cost_ms']:+.3f} ms") + (" | — |" if step is None else " |"))
+                    cost = (f"{timed[i]['ms']:.3f} | {timed[i]['cost_ms']:+.3f} ms" if i < len(timed) else "— | —")
+                    lines.append(f"| `{m}` | {pct(top)} | {cost} |")
                 if lat:
                     lines.append(f"\nAll-int8 build: {lat['all_int8_ms']:.3f} ms; with the fallback: {lat['final_ms']:.3f} ms "
                                  f"(onnxruntime, {lat['threads']} thread(s), interleaved medians).")
