@@ -57,7 +57,16 @@ def create_model(name: str, num_classes: int, fusion: str = "add", width: float 
         from edgefuse.blocks.registry import _FUSIONS
 
         _FUSIONS.get(fusion)  # raises the standard unknown-name error
-    model = factory(num_classes, fusion=fusion, width=width, **kwargs)
+    try:
+        model = factory(num_classes, fusion=fusion, width=width, **kwargs)
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        # an option of another zoo model (e.g. resnet's positions on mobilenetv3): the user's input, not a bug
+        import re
+
+        opt = re.search(r"argument '(\w+)'", str(e))
+        raise UsageError(f"model {name!r} has no option {opt.group(1) if opt else str(e)!r}") from None
     model.edgefuse_spec = {
         "name": name,
         "kwargs": {"num_classes": int(num_classes), "fusion": fusion, "width": float(width), **kwargs},

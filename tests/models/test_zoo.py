@@ -78,6 +78,12 @@ def test_too_small_input_raises():
         create_model("resnet", 10, input_size=4)
 
 
+def test_an_option_of_another_model_is_a_usage_error():
+    # resnet's `positions` on mobilenetv3 is the user's input, not an internal TypeError
+    with pytest.raises(UsageError, match="model 'mobilenetv3' has no option 'positions'"):
+        create_model("mobilenetv3", 10, positions="early")
+
+
 def test_spec_is_attached_for_checkpoints():
     m = create_model("fpn", 3, fusion="cbam", width=0.5, in_chans=3)
     assert m.edgefuse_spec == {
