@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from edgefuse.blocks import SEBlock, create_fusion
+from edgefuse.errors import UsageError
 from edgefuse.models._layers import ConvBNAct, scaled
 from edgefuse.models.registry import register_model
 
@@ -51,12 +52,16 @@ class MobileNetV3(nn.Module):
         width: float = 1.0,
         in_chans: int = 1,
         input_size: int = 32,
-        act: str | None = None,
+        act: str | None = "relu",
         gate: str = "sigmoid",
         fusion_kwargs: dict | None = None,
         dropout: float = 0.2,
+        dw_divisor: int = 16,
     ) -> None:
         super().__init__()
+        if act not in (None, "relu", "hardswish"):
+            raise UsageError(f"mobilenetv3: act must be 'relu', 'hardswish' or None (the paper's per-block "
+                             f"ReLU/hard-swish), got {act!r}")
         fusion_kwargs = dict(fusion_kwargs or {})
         small_input = input_size <= 64
         stem_c = scaled(16, width)
@@ -65,7 +70,7 @@ class MobileNetV3(nn.Module):
         for i, (k, exp, cout, se, block_act, stride) in enumerate(_SMALL):
             if small_input and i == 0:
                 stride = 1  # keep 32x32 inputs at 4x4 before the head instead of 1x1
-            exp_c, out_c = scaled(exp, width), scaled(cout, width)
+            exp_c, out_c = scaled(exp, width, dw_divisor), scaled(cout, width)
             blocks.append(InvertedResidual(cin, exp_c, out_c, k, stride, se, act or block_act, gate,
                                            fusion, fusion_kwargs))
             cin = out_c
@@ -86,5 +91,12 @@ class MobileNetV3(nn.Module):
 @register_model("mobilenetv3", min_input_size=16)
 def mobilenetv3(num_classes: int, fusion: str = "add", width: float = 1.0, **kwargs) -> nn.Module:
     """MobileNetV3-Small-style network with SE in its inverted residual blocks; ``fusion`` merges the
-    residual connections; ``act`` overrides the per-block ReLU/hard-swish; ``gate`` is the SE gate."""
+    residual connections; ``gate`` is the SE gate.
+
+    Two defaults differ from the paper so that int8 pays off (measured with ``benchmarks/int8_speed.py``):
+    ``act="relu"`` everywhere (hard-swish has no int8 kernel in onnxruntime, so each one is an fp32 island
+    with its Dequantize/Quantize pair — TF's "minimalistic" MobileNetV3 drops hard-swish for the same
+    reason; ``act=None`` restores the paper's per-block ReLU/hard-swish), and expansion (depthwise) channels rounded to
+    multiples of ``dw_divisor=16`` (onnxruntime's fast int8 depthwise kernel needs a multiple of 16
+    channels on x86, of 8 on arm64; fp32 NCHWc kernels pad to 16 anyway, so fp32 pays nothing)."""
     return MobileNetV3(num_classes, fusion, width, **kwargs)

@@ -90,3 +90,19 @@ def test_spec_is_attached_for_checkpoints():
         "name": "fpn",
         "kwargs": {"num_classes": 3, "fusion": "cbam", "width": 0.5, "in_chans": 3},
     }
+
+
+def test_mobilenetv3_int8_friendly_defaults():
+    """ReLU everywhere and depthwise channels in multiples of 16 by default (see the factory's docstring);
+    the paper's per-block hard-swish stays one argument away, and a typo is a usage error."""
+    from torch import nn
+
+    m = create_model("mobilenetv3", 10)
+    dws = [mod for mod in m.modules() if isinstance(mod, nn.Conv2d) and mod.groups > 1]
+    assert dws and all(mod.groups % 16 == 0 for mod in dws)
+    assert not any(isinstance(mod, nn.Hardswish) for mod in m.modules())
+    paper = create_model("mobilenetv3", 10, act=None, dw_divisor=8)
+    assert sum(isinstance(mod, nn.Hardswish) for mod in paper.modules()) >= 10
+    assert any(mod.groups % 16 for mod in paper.modules() if isinstance(mod, nn.Conv2d) and mod.groups > 1)
+    with pytest.raises(UsageError, match="act must be"):
+        create_model("mobilenetv3", 10, act="gelu")
