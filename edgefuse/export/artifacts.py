@@ -29,6 +29,7 @@ from edgefuse.export.onnx_checks import (
     restore_module_metadata,
     set_metadata,
     strip_debug_metadata,
+    tile_channel_broadcasts,
     weight_summary,
 )
 
@@ -115,6 +116,8 @@ def _finish_onnx(path: Path, contract: PreprocessContract, precision: str, simpl
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     details["global_pools"] = reduce_mean_to_global_pool(model)
+    if precision == "int8":
+        details["tiled_gate_multiplies"] = tile_channel_broadcasts(model)
     set_metadata(model, contract_metadata(contract, precision, versions().get("edgefuse", "")))
     model.producer_name = "edgefuse"
     compact(model)

@@ -158,3 +158,31 @@ def test_compact_drops_orphaned_initializers_but_keeps_subgraph_reads():
     m = helper.make_model(graph)
     compact(m)
     assert [t.name for t in m.graph.initializer] == ["outer"]
+
+
+def test_gate_multiplies_are_tiled_bit_identically(tmp_path, monkeypatch):
+    """EfficientAttention gates on a 32x32x16 map: the int8 export views each multiply as (N, H*W/k, k*C) so onnxruntime's
+    QLinearMul runs over long spans; the logits must not change by a single bit, and onnxruntime must
+    cancel the view's transposes against its own NHWC ones (no more layout ops than without it)."""
+    import edgefuse.export.artifacts as artifacts
+    from edgefuse.models import create_model
+    from edgefuse.quantize import TensorBatches, quantize_ptq
+    from edgefuse.validate.doctor import diagnose
+
+    d = load_data("digits")
+    c = PreprocessContract(32, 1, [0.306], [0.324], d.class_names)
+    ds = ImageDataset(d.test, c)
+    torch.manual_seed(0)
+    model = create_model("resnet", 10, fusion="effatt").eval()
+    q = quantize_ptq(model, TensorBatches(ImageDataset(d.train, c), 32, 16))
+    tiled = export_artifacts(model, c, tmp_path / "tiled", quantized=q, formats=("onnx",))
+    monkeypatch.setattr(artifacts, "tile_channel_broadcasts", lambda m: 0)
+    plain = export_artifacts(model, c, tmp_path / "plain", quantized=q, formats=("onnx",))
+    int8 = next(a for a in tiled.artifacts if a.kind == "onnx" and a.precision == "int8")
+    assert int8.details["tiled_gate_multiplies"] >= 2
+    x = np.stack([ds[i][0].numpy() for i in range(32)])
+    a, b = OrtModel(tiled.path("onnx", "int8")).run(x), OrtModel(plain.path("onnx", "int8")).run(x)
+    assert np.array_equal(a, b)
+    rt, rp = diagnose(tiled.path("onnx", "int8"), runs=2), diagnose(plain.path("onnx", "int8"), runs=2)
+    assert rt.op_counts.get("QLinearMul") == rp.op_counts.get("QLinearMul") >= 2
+    assert rt.layout_ops <= rp.layout_ops, (rt.op_counts, rp.op_counts)
