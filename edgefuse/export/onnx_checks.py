@@ -224,7 +224,7 @@ def tile_channel_broadcasts(model: onnx.ModelProto, min_span: int = 256, min_pix
 
     onnxruntime runs int8 convolutions in NHWC, where a (N,C,1,1) gate broadcasts along the innermost
     axis: QLinearMul then makes one kernel call per pixel over only C values (3,136 calls of 16 values
-    for an SE/EfficientAttention gate on a 56x56x16 map — 4-5x slower than the fp32 multiply). Viewed
+    for an EfficientAttention gate on a 56x56x16 map: 0.10 ms, 3-4x the fp32 multiply). Viewed
     as ``(N, H*W/k, k*C)`` with the gate tiled k times, the same multiply is k times fewer, longer
     calls. The view is written as Transpose(0,2,3,1) + Reshape on the quantized tensors, which
     onnxruntime's layout optimiser cancels against its own NHWC transposes; results are bit-identical.
@@ -247,8 +247,8 @@ def tile_channel_broadcasts(model: onnx.ModelProto, min_span: int = 256, min_pix
         for i in n.input:
             consumers.setdefault(i, []).append(n)
 
-    def per_tensor(dq) -> bool:
-        s = inits.get(dq.input[1])
+    def per_tensor(qdq) -> bool:
+        s = inits.get(qdq.input[1])
         return s is not None and numpy_helper.to_array(s).size == 1
 
     replaced: dict[int, list] = {}
@@ -259,8 +259,8 @@ def tile_channel_broadcasts(model: onnx.ModelProto, min_span: int = 256, min_pix
         dqs = [producer.get(i) for i in n.input]
         users = consumers.get(n.output[0], [])
         if (any(d is None or d.op_type != "DequantizeLinear" or not per_tensor(d) for d in dqs)
-                or len(users) != 1 or users[0].op_type != "QuantizeLinear" or n.output[0] in
-                {o.name for o in model.graph.output}):
+                or len(users) != 1 or users[0].op_type != "QuantizeLinear" or not per_tensor(users[0])
+                or n.output[0] in {o.name for o in model.graph.output}):
             continue
         sh = [shapes.get(i) for i in n.input]
         if any(s is None or len(s) != 4 for s in sh):

@@ -96,7 +96,7 @@ def mobilenetv3(num_classes: int, fusion: str = "add", width: float = 1.0, **kwa
     Two defaults differ from the paper so that int8 pays off (measured with ``benchmarks/int8_speed.py``):
     ``act="relu"`` everywhere (hard-swish has no int8 kernel in onnxruntime, so each one is an fp32 island
     with its Dequantize/Quantize pair — TF's "minimalistic" MobileNetV3 drops hard-swish for the same
-    reason; ``act=None`` restores the paper's per-block ReLU/hard-swish), and expansion (depthwise) channels rounded to
-    multiples of ``dw_divisor=16`` (onnxruntime's fast int8 depthwise kernel needs a multiple of 16
+    reason; ``act=None`` restores the paper's per-block ReLU/hard-swish), and expansion (depthwise)
+    channels rounded to multiples of ``dw_divisor=16`` (onnxruntime's fast int8 depthwise kernel needs a multiple of 16
     channels on x86, of 8 on arm64; fp32 NCHWc kernels pad to 16 anyway, so fp32 pays nothing)."""
     return MobileNetV3(num_classes, fusion, width, **kwargs)
