@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 # Two workers, one per core; a file's tests stay on one worker so its module fixtures are built once.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=12
 
 clean:
 	rm -rf $(VENV) $(DEMO) build .pytest_cache
