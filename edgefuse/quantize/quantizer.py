@@ -62,6 +62,43 @@ SHARED = {
 }
 
 
+WEIGHTED = {aten.conv2d.default, aten.conv1d.default, aten.linear.default}
+
+
+def unshare_params(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Give each conv/linear its own copy of a weight or bias that several of them read.
+
+    A shared module (CBAM's channel MLP runs on the average- and the max-pooled descriptor) would
+    otherwise get one int32 bias, quantized for the first use's input scale: onnxruntime then refuses
+    to fuse the second use into QLinearConv (its bias scale must be input scale x weight scale) and
+    runs it in fp32 on de-quantized weights; XNNPACK's annotator skips an op whose weight another op
+    claimed. Under QAT the copies train separately: the deployed program simply holds both.
+    """
+    import operator
+
+    graph = model.graph
+    for node in list(graph.nodes):
+        if node.op != "get_attr":
+            continue
+        users = [u for u in node.users if u.op == "call_function" and u.target in WEIGHTED]
+        if len(users) < 2:
+            continue
+        original = operator.attrgetter(node.target)(model)
+        for i, user in enumerate(users[1:], start=1):
+            name = f"{node.target.replace('.', '_')}_edgefuse_copy{i}"
+            clone = original.detach().clone()
+            if isinstance(original, torch.nn.Parameter):
+                model.register_parameter(name, torch.nn.Parameter(clone, requires_grad=original.requires_grad))
+            else:
+                model.register_buffer(name, clone)
+            with graph.inserting_after(node):
+                copy = graph.get_attr(name)
+            copy.meta = dict(node.meta)
+            user.replace_input_with(node, copy)
+    model.recompile()
+    return model
+
+
 def module_path(node: Node) -> str:
     """The innermost ``nn.Module`` path a graph node came from (``stages.2.0.fusion.gate``)."""
     stack = node.meta.get("nn_module_stack")
@@ -153,6 +190,9 @@ class EdgefuseQuantizer(Quantizer):
         )
 
     # -- Quantizer API ---------------------------------------------------------------------
+    def transform_for_annotation(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        return unshare_params(model)
+
     def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
         for node in model.graph.nodes:
             if node.op != "call_function" or "quantization_annotation" in node.meta:

@@ -20,17 +20,15 @@ Needs the optional ``executorch`` extra.
 from __future__ import annotations
 
 import functools
-import operator
 import re
 
 import torch
 from torch.fx import Node
 
 from edgefuse.quantize.config import QuantConfig
-from edgefuse.quantize.quantizer import GATES, module_path
+from edgefuse.quantize.quantizer import GATES, module_path, unshare_params
 
 aten = torch.ops.aten
-_WEIGHTED = {aten.conv2d.default, aten.conv1d.default, aten.linear.default}
 
 
 def require_executorch() -> None:
@@ -77,32 +75,7 @@ def _quantizer_class():
             return any(p.search(path) for p in self._exclude)
 
         def transform_for_annotation(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
-            model = super().transform_for_annotation(model)
-            # Each weighted op gets its own copy of a shared weight/bias tensor. XNNPACK's annotator
-            # skips an op whose weight another op claimed, and its serializer caches constants by
-            # tensor, so a shared fp32 bias would be quantized once, for the first op's input scale.
-            # (Under QAT the copies train separately: the deployed program simply holds both.)
-            graph = model.graph
-            for node in list(graph.nodes):
-                if node.op != "get_attr":
-                    continue
-                users = [u for u in node.users if u.op == "call_function" and u.target in _WEIGHTED]
-                if len(users) < 2:
-                    continue
-                original = operator.attrgetter(node.target)(model)
-                for i, user in enumerate(users[1:], start=1):
-                    name = f"{node.target.replace('.', '_')}_edgefuse_copy{i}"
-                    clone = original.detach().clone()
-                    if isinstance(original, torch.nn.Parameter):
-                        model.register_parameter(name, torch.nn.Parameter(clone, requires_grad=original.requires_grad))
-                    else:
-                        model.register_buffer(name, clone)
-                    with graph.inserting_after(node):
-                        copy = graph.get_attr(name)
-                    copy.meta = dict(node.meta)
-                    user.replace_input_with(node, copy)
-            model.recompile()
-            return model
+            return unshare_params(super().transform_for_annotation(model))
 
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
             super().annotate(model)
