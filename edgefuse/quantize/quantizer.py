@@ -72,7 +72,8 @@ def unshare_params(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
     otherwise get one int32 bias, quantized for the first use's input scale: onnxruntime then refuses
     to fuse the second use into QLinearConv (its bias scale must be input scale x weight scale) and
     runs it in fp32 on de-quantized weights; XNNPACK's annotator skips an op whose weight another op
-    claimed. Under QAT the copies train separately: the deployed program simply holds both.
+    claimed, and its serializer caches constants by tensor. Under QAT the copies train separately: the
+    deployed program simply holds both.
     """
     import operator
 
