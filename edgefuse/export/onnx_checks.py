@@ -71,6 +71,26 @@ def strip_debug_metadata(model: onnx.ModelProto) -> None:
     model.doc_string = ""
 
 
+def _consumers(graph: onnx.GraphProto) -> dict[str, list]:
+    """Tensor name -> the nodes that read it."""
+    out: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
+def _inferred_shapes(model: onnx.ModelProto) -> dict[str, list]:
+    """Tensor name -> its dimensions from ONNX shape inference (``None`` for a symbolic one)."""
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    shapes = {}
+    for vi in list(inferred.value_info) + list(inferred.input) + list(inferred.output):
+        t = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and t.HasField("shape"):
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    return shapes
+
+
 def _label_qdq(model: onnx.ModelProto) -> None:
     """Quantize/Dequantize nodes are exported outside any module: charge a QuantizeLinear to the module
     that produced its input and a DequantizeLinear to the module that reads its output."""
@@ -78,10 +98,7 @@ def _label_qdq(model: onnx.ModelProto) -> None:
         return next((p.value for p in n.metadata_props if p.key == "module"), None)
 
     producers = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = _consumers(model.graph)
     for n in model.graph.node:
         if n.op_type == "DequantizeLinear" and mod(n) is None:
             found = next((m for c in consumers.get(n.output[0], []) if (m := mod(c))), None)
@@ -169,15 +186,8 @@ def reduce_mean_to_global_pool(model: onnx.ModelProto) -> int:
 
     inits = {t.name: t for t in model.graph.initializer}
     consts = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
-    ranks = {}
-    inferred = onnx.shape_inference.infer_shapes(model).graph
-    for vi in list(inferred.value_info) + list(inferred.input) + list(inferred.output):
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-            ranks[vi.name] = len(vi.type.tensor_type.shape.dim)
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    ranks = {name: len(dims) for name, dims in _inferred_shapes(model).items()}
+    consumers = _consumers(model.graph)
     new_nodes, count = [], 0
     for n in model.graph.node:
         if n.op_type != "ReduceMean":
@@ -234,18 +244,10 @@ def tile_channel_broadcasts(model: onnx.ModelProto, min_span: int = 256, min_pix
     """
     from onnx import helper, numpy_helper
 
-    inferred = onnx.shape_inference.infer_shapes(model).graph
-    shapes = {}
-    for vi in list(inferred.value_info) + list(inferred.input) + list(inferred.output):
-        t = vi.type.tensor_type
-        if vi.type.HasField("tensor_type") and t.HasField("shape"):
-            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    shapes = _inferred_shapes(model)
     inits = {t.name: t for t in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = _consumers(model.graph)
 
     def per_tensor(qdq) -> bool:
         s = inits.get(qdq.input[1])
