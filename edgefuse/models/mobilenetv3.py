@@ -62,6 +62,8 @@ class MobileNetV3(nn.Module):
         if act not in (None, "relu", "hardswish"):
             raise UsageError(f"mobilenetv3: act must be 'relu', 'hardswish' or None (the paper's per-block "
                              f"ReLU/hard-swish), got {act!r}")
+        if int(dw_divisor) < 1:
+            raise UsageError(f"mobilenetv3: dw_divisor must be a positive channel multiple, got {dw_divisor!r}")
         fusion_kwargs = dict(fusion_kwargs or {})
         small_input = input_size <= 64
         stem_c = scaled(16, width)

@@ -106,3 +106,6 @@ def test_mobilenetv3_int8_friendly_defaults():
     assert any(mod.groups % 16 for mod in paper.modules() if isinstance(mod, nn.Conv2d) and mod.groups > 1)
     with pytest.raises(UsageError, match="act must be"):
         create_model("mobilenetv3", 10, act="gelu")
+    for bad in (0, -8):
+        with pytest.raises(UsageError, match="dw_divisor must be"):
+            create_model("mobilenetv3", 10, dw_divisor=bad)
