@@ -116,17 +116,13 @@ def diagnose(path: str | Path, threads: int = 1, runs: int = 50) -> DoctorReport
     modules = _module_map(path)
     with tempfile.TemporaryDirectory(prefix="edgefuse-doctor-") as tmp:
         opt_path = os.path.join(tmp, "optimized.onnx")
-        cwd = os.getcwd()
-        os.chdir(tmp)  # onnxruntime writes its profile into the working directory
-        try:
-            model = OrtModel(path, threads, optimized_path=opt_path, profile=True)
-            shape = [d if isinstance(d, int) else 1 for d in model.input_shape]
-            x = np.random.default_rng(0).random(shape, dtype=np.float32)
-            for _ in range(runs):
-                model.run(x)
-            prof = json.load(open(model.end_profiling()))
-        finally:
-            os.chdir(cwd)
+        model = OrtModel(path, threads, optimized_path=opt_path, profile=os.path.join(tmp, "profile"))
+        shape = [d if isinstance(d, int) else 1 for d in model.input_shape]
+        x = np.random.default_rng(0).random(shape, dtype=np.float32)
+        for _ in range(runs):
+            model.run(x)
+        with open(model.end_profiling()) as f:
+            prof = json.load(f)
         opt = onnx.load(opt_path)
     producers = {o: n for n in opt.graph.node for o in n.output}
     node_ms: Counter = Counter()

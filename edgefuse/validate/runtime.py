@@ -30,10 +30,12 @@ class OrtModel:
         threads: intra-op threads (1 = what one phone core sees); with more, idle workers sleep instead
             of spinning, so sessions timed side by side do not slow each other down.
         optimized_path: where onnxruntime writes its optimised graph (for diagnostics).
-        profile: collect a per-op time profile.
+        profile: collect a per-op time profile into files named ``<profile>_<date>.json`` (a path prefix;
+            onnxruntime would otherwise write into the working directory).
     """
 
-    def __init__(self, path: str | Path, threads: int = 1, *, optimized_path: str | None = None, profile: bool = False) -> None:
+    def __init__(self, path: str | Path, threads: int = 1, *, optimized_path: str | None = None,
+                 profile: str | None = None) -> None:
         import onnxruntime as ort
 
         path = check_input_file(path, max_bytes=MAX_MODEL_BYTES)
@@ -48,7 +50,9 @@ class OrtModel:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if optimized_path:
             so.optimized_model_filepath = optimized_path
-        so.enable_profiling = profile
+        if profile:
+            so.enable_profiling = True
+            so.profile_file_prefix = str(profile)
         try:
             self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as e:

@@ -132,3 +132,19 @@ def test_shipped_int8_onnx_keeps_module_names_through_onnxsim(exported):
     assert len(labelled) >= 0.8 * sum(n.op_type in ("Conv", "QuantizeLinear", "DequantizeLinear") for n in m.graph.node)
     rep = diagnose(path, runs=5)
     assert any(f.module.startswith("stages.") for f in rep.findings)
+
+
+def test_doctor_reads_relative_paths_and_leaves_the_working_directory_alone(tmp_path, monkeypatch):
+    """Relative paths, as the README writes them (`edgefuse doctor build/model.int8.onnx`), from another folder."""
+    import os
+
+    from edgefuse.export import export_onnx
+
+    (tmp_path / "build").mkdir()
+    export_onnx(create_model("resnet", 10, width=0.5).eval(), (torch.zeros(1, 1, 16, 16),),
+                tmp_path / "build" / "m.onnx")
+    monkeypatch.chdir(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    report = diagnose("build/m.onnx", runs=2)
+    assert report.summary() and os.getcwd() == str(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == before  # no profile file left in the working directory
