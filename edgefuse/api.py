@@ -297,14 +297,10 @@ def load_model_source(
                 f"{path} was exported with a fixed batch size of {val.shape[0]}; calibration and evaluation run "
                 "batches, so re-export it with dynamic_shapes=({0: torch.export.Dim('batch')},)"
             )
-        from edgefuse._quiet import import_pt2e
+        from edgefuse.quantize.pt2e import allow_train_eval
 
-        import_pt2e()
-        from torchao.quantization.pt2e import allow_exported_model_train_eval
-
-        # An exported program's module refuses .eval(); it has no train-only behaviour left to switch.
-        module = program.module()
-        allow_exported_model_train_eval(module)
+        # An exported program's module refuses .eval(); this switches its dropout/batch-norm ops.
+        module = allow_train_eval(program.module())
         return module, _contract_from_flags(None, input_size, channels, mean, std, None), info
     if trust_pickle:
         from torch import nn

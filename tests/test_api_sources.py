@@ -66,3 +66,50 @@ def test_checkpoint_contract_cannot_be_overridden(tiny_checkpoint):
     _, contract, _ = load_model_source(tiny_checkpoint)
     _, same, _ = load_model_source(tiny_checkpoint, input_size=contract.input_size, channels=contract.channels)
     assert same == contract
+
+
+class _DropoutHead(torch.nn.Module):
+    """A user's network as torchvision writes them: Dropout before the classifier (MobileNetV3, EfficientNet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                                            torch.nn.Hardswish(inplace=True))
+        self.head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(8 * 8 * 8, 10))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def test_exported_programs_stay_in_eval_mode_after_evaluation(tmp_path):
+    """Evaluation loops restore ``model.train(was_training)``; an exported program's flag must say eval, or
+    its dropout comes back on in every later run and in the exported files (torchvision MobileNetV3: 36%)."""
+    import numpy as np
+
+    from edgefuse.api import export_model
+    from edgefuse.quantize import TensorBatches, quantize_ptq
+    from edgefuse.training import evaluate
+    from edgefuse.validate import Budgets
+
+    torch.manual_seed(0)
+    m = _DropoutHead().eval()
+    ep = torch.export.export(m, (torch.randn(2, 1, 8, 8),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(ep, tmp_path / "d.pt2")
+    module, _, _ = load_model_source(tmp_path / "d.pt2", input_size=8, channels=1)
+    data = [(torch.randn(1, 8, 8), 0) for _ in range(32)]
+    evaluate(module, data)
+    assert not module.training
+    x = torch.randn(4, 1, 8, 8)
+    torch.testing.assert_close(module(x), module(x))
+    q = quantize_ptq(module, TensorBatches(data, 32))
+    evaluate(q.program, data)
+    assert not q.program.training
+    with torch.no_grad():
+        torch.testing.assert_close(q.program(x), q.program(x))
+
+    res = export_model(tmp_path / "d.pt2", tmp_path / "b", calib="digits", formats=("onnx",), runs=3,
+                       model_kwargs={"input_size": 8, "channels": 1},
+                       budgets=Budgets(max_latency_ratio=None))
+    agree = res["report"].extra["pytorch_agreement"]
+    assert agree["model.int8.onnx"] == 1.0 and agree["model.fp32.onnx"] == 1.0, agree
+    assert np.isfinite(res["report"].sqnr_db) and res["report"].sqnr_db > 15, res["report"].sqnr_db

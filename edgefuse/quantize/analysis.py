@@ -22,12 +22,11 @@ from edgefuse._quiet import import_pt2e, quiet
 from edgefuse.errors import DataError
 from edgefuse.progress import NullProgress, Progress
 from edgefuse.quantize.config import QuantConfig
-from edgefuse.quantize.pt2e import CalibrationDataReader, calibrate, fp32_inputs_for_excluded
+from edgefuse.quantize.pt2e import CalibrationDataReader, allow_train_eval, calibrate, fp32_inputs_for_excluded
 from edgefuse.quantize.quantizer import module_path
 from edgefuse.validate.metrics import sqnr_db
 
 import_pt2e()
-import torchao.quantization.pt2e as _ao  # noqa: E402
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e  # noqa: E402
 
 _qd = torch.ops.quantized_decomposed
@@ -164,7 +163,7 @@ def switch_prepared(prepared: torch.fx.GraphModule, config: QuantConfig) -> Swit
     with quiet():
         gm = convert_pt2e(prepared, fold_quantize=False)
     fp32_inputs_for_excluded(gm, config.exclude)  # modules the config already excludes, as quantize_ptq does
-    _ao.allow_exported_model_train_eval(gm)
+    allow_train_eval(gm)
     graph = gm.graph
     units: dict[str, Unit] = {}
     n = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import types
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
@@ -26,6 +27,7 @@ from edgefuse.quantize.quantizer import EdgefuseQuantizer
 import_pt2e()
 import torchao.quantization.pt2e as _ao  # noqa: E402
 import torchao.quantization.pt2e.qat_utils as _qat_utils  # noqa: E402
+from torchao.quantization.pt2e.export_utils import _EXPORTED_TRAINING_ATTR  # noqa: E402
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e  # noqa: E402
 
 _aten = torch.ops.aten
@@ -143,14 +145,40 @@ def fp32_inputs_for_excluded(program: torch.fx.GraphModule, exclude: tuple[str, 
     return rewired
 
 
+def allow_train_eval(program: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Let generic code call ``.train()``/``.eval()`` on an exported program, with ``.training`` kept true.
+
+    torchao's ``allow_exported_model_train_eval`` swaps the dropout/batch-norm ops but leaves the
+    ``training`` flag a GraphModule is born with (True). Code that saves and restores the mode
+    (``was = m.training; m.eval(); ...; m.train(was)``, as every evaluation loop does) then moved the
+    program *into* training mode after its first evaluation: dropout on and batch norm on batch
+    statistics in every later run and in the exported files. torchvision's MobileNetV3 (Dropout 0.2
+    before its classifier) came out of ``export --int8`` agreeing with its own int8 program on 36% of
+    images. The program is in eval mode here (PT2E captures and converts in eval mode).
+    """
+    _ao.allow_exported_model_train_eval(program)
+    patched_train = program.train
+
+    def _train(self, mode: bool = True):
+        patched_train(mode)
+        self.training = bool(mode)
+        return self
+
+    def _eval(self):
+        return _train(self, False)
+
+    program.train = types.MethodType(_train, program)
+    program.eval = types.MethodType(_eval, program)
+    program.training = bool(getattr(program, _EXPORTED_TRAINING_ATTR, False))
+    return program
+
+
 def convert_calibrated(prepared: torch.fx.GraphModule, config: QuantConfig) -> torch.fx.GraphModule:
     """``convert_pt2e`` plus edgefuse's fp32 inputs for excluded modules: the int8 program PTQ and QAT return."""
     with quiet():
         program = convert_pt2e(prepared)
     fp32_inputs_for_excluded(program, config.exclude)
-    # Let generic code call .eval() on the program (it has no train-only behaviour left).
-    _ao.allow_exported_model_train_eval(program)
-    return program
+    return allow_train_eval(program)
 
 
 def _iterate(reader: CalibrationDataReader) -> Iterator[torch.Tensor]:
