@@ -390,6 +390,7 @@ def export_model(
     from edgefuse.export import DEFAULT_OPSET, export_artifacts
     from edgefuse.quantize import TensorBatches, quantize_ptq, quantize_qat
     from edgefuse.validate import Budgets, validate_models, write_report
+    from edgefuse.validate.report import artifact_failures
 
     out = Path(out_dir)
     if (out / "manifest.json").exists() and not force:
@@ -510,6 +511,8 @@ def export_model(
         if test_ds is not None:
             report.extra["pytorch_agreement"] = _agreement_with_pytorch(
                 exported, model, quantized, pte_quantized, test_ds, threads, reports)
+            # A file that does not compute its program fails whatever its accuracy (labels may not tell).
+            report.failures.extend(artifact_failures(report.extra["pytorch_agreement"], budgets, len(test_ds)))
             onnx_int8 = exported.path("onnx", "int8")
             if onnx_int8 is not None:
                 report.extra["int8_pytorch_vs_onnxruntime_agreement"] = report.extra["pytorch_agreement"][onnx_int8.name]

@@ -40,6 +40,8 @@ _GATE = {
                                         "--baseline-tolerance pp below it or the latency ratio rises more than 10% "
                                         "above it (same data required)."),
     "baseline_tolerance": typer.Option(0.0, help="Allowed int8 top-1 regression against --baseline (pp)."),
+    "min_sqnr": typer.Option(10.0, help="Gate: smallest int8-vs-fp32 output SQNR in dB (needs no labels: catches a "
+                                        "collapsed or broken int8 build; working ones measure 14-40 dB)."),
 }
 
 
@@ -280,6 +282,10 @@ def export(
     min_samples: int = _GATE["min_samples"],
     baseline: Optional[Path] = _GATE["baseline"],
     baseline_tolerance: float = _GATE["baseline_tolerance"],
+    min_sqnr: float = _GATE["min_sqnr"],
+    min_artifact_agreement: float = typer.Option(
+        0.99, help="Gate: smallest top-1 agreement (0-1) of every exported file with the PyTorch program it came from "
+                   "on the evaluation images; below it the file does not compute what was quantized."),
     fallback: bool = typer.Option(True, "--fallback/--no-fallback",
                                   help="With --max-drop: when int8 loses more than the budget on the validation split, "
                                        "keep the most sensitive modules in fp32 (greedy, by measured sensitivity) until "
@@ -304,7 +310,7 @@ def export(
 ) -> None:
     """Export ONNX, ONNX Runtime Mobile (.ort), ExecuTorch (.pte) and TorchScript artifacts; with --int8 quantize
     (torchao PT2E), then validate fp32 vs int8 of every shipped format in its own runtime and apply the gate
-    (exit 1 when --max-drop or --max-latency-ratio is exceeded for any of them)."""
+    (exit 1 when a budget is exceeded for any of them, or a file disagrees with the program it came from)."""
     from edgefuse.api import export_model
     from edgefuse.export import parse_formats
     from edgefuse.quantize import QATConfig
@@ -316,7 +322,8 @@ def export(
     qcfg = quant_config_for(target, per_channel=per_channel, calibration=calibration, calib_samples=calib_samples,
                             exclude=tuple(exclude or ()))
     budgets = Budgets(max_drop=max_drop, drop_type=drop_type, max_latency_ratio=max_latency_ratio,
-                      drop_bound=drop_bound, min_samples=min_samples)
+                      drop_bound=drop_bound, min_samples=min_samples, min_sqnr_db=min_sqnr,
+                      min_artifact_agreement=min_artifact_agreement)
     base = _baseline(baseline)
     qat_cfg = QATConfig(epochs=epochs, lr=qat_lr, seed=seed, freeze_observer_epoch=max(1, epochs - 1)) if qat else None
     if qat and not int8:
@@ -371,6 +378,7 @@ def validate(
     min_samples: int = _GATE["min_samples"],
     baseline: Optional[Path] = _GATE["baseline"],
     baseline_tolerance: float = _GATE["baseline_tolerance"],
+    min_sqnr: float = _GATE["min_sqnr"],
     threads: int = typer.Option(1, help="onnxruntime intra-op threads."),
     runs: int = typer.Option(100, help="Timed runs per model (interleaved, after 10 warm-up runs)."),
     input_size: Optional[int] = typer.Option(None, help="Input side, for models without an edgefuse contract."),
@@ -388,7 +396,7 @@ def validate(
     from edgefuse.validate import Budgets
 
     budgets = Budgets(max_drop=max_drop, drop_type=drop_type, max_latency_ratio=max_latency_ratio,
-                      drop_bound=drop_bound, min_samples=min_samples)
+                      drop_bound=drop_bound, min_samples=min_samples, min_sqnr_db=min_sqnr)
     base = _baseline(baseline)
     progress = _progress(quiet or json_out)
     try:

@@ -9,6 +9,9 @@ from edgefuse.errors import UsageError
 
 REPORT_SCHEMA = "edgefuse.report"
 REPORT_SCHEMA_VERSION = 1
+#: The gate's label-free floors (see :class:`Budgets`).
+DEFAULT_MIN_SQNR_DB = 10.0
+DEFAULT_MIN_ARTIFACT_AGREEMENT = 0.99
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,13 @@ class Budgets:
             (the upper end of its bootstrap 95% interval: passes only if the data show the drop is
             within budget, so small evaluation sets fail unless int8 agrees with fp32 almost everywhere).
         min_samples: refuse (usage error, exit 2) to gate on fewer evaluation images than this.
+        min_sqnr_db: smallest allowed SQNR of the int8 logits against the fp32 logits, in dB; it needs no
+            labels, so it also catches a collapsed int8 build of an untrained model or on unlabelled data.
+            Working int8 builds measure 14-40 dB; 10 dB means the error carries a tenth of the logits'
+            power. ``None`` = not gated.
+        min_artifact_agreement: smallest allowed top-1 agreement (0..1) of every exported file with the
+            PyTorch program it was exported from (``export`` only): below it the file does not compute what
+            was quantized, whatever its accuracy. ``None`` = not gated.
     """
 
     max_drop: float | None = None
@@ -33,6 +43,8 @@ class Budgets:
     max_latency_ratio: float | None = 1.0
     drop_bound: str = "estimate"
     min_samples: int = 0
+    min_sqnr_db: float | None = DEFAULT_MIN_SQNR_DB
+    min_artifact_agreement: float | None = DEFAULT_MIN_ARTIFACT_AGREEMENT
 
     def __post_init__(self) -> None:
         if self.max_drop is not None and (not math.isfinite(self.max_drop) or self.max_drop < 0):
@@ -45,6 +57,10 @@ class Budgets:
             raise UsageError(f"--drop-bound must be estimate or upper, got {self.drop_bound!r}")
         if self.min_samples < 0:
             raise UsageError(f"--min-samples must be >= 0, got {self.min_samples}")
+        if self.min_sqnr_db is not None and not math.isfinite(self.min_sqnr_db):
+            raise UsageError(f"--min-sqnr must be a finite number of dB, got {self.min_sqnr_db}")
+        if self.min_artifact_agreement is not None and not 0 <= self.min_artifact_agreement <= 1:
+            raise UsageError(f"--min-artifact-agreement must be between 0 and 1, got {self.min_artifact_agreement}")
 
     def require_samples(self, have: int, where: str = "the evaluation split") -> None:
         """Raise :class:`UsageError` when ``have`` evaluation images are fewer than ``min_samples``."""
@@ -165,7 +181,12 @@ class ValidationReport:
                + ("measured value" if self.budgets.drop_bound == "estimate" else "95% CI upper end")
                if self.budgets.max_drop is not None else ""),
             f"- max latency ratio: {self.budgets.max_latency_ratio if self.budgets.max_latency_ratio is not None else 'not gated'}",
+            f"- min int8 output SQNR: {f'{self.budgets.min_sqnr_db:g} dB' if self.budgets.min_sqnr_db is not None else 'not gated'}",
         ]
+        if self.extra.get("pytorch_agreement") is not None:
+            floor = self.budgets.min_artifact_agreement
+            lines.append("- min agreement of every file with its PyTorch program: "
+                         + (f"{100 * floor:g}%" if floor is not None else "not gated"))
         lines += [f"- **{msg}**" for msg in self.failures]
         if self.extra.get("formats"):
             lines += ["", "## Every shipped format", "",
@@ -238,9 +259,11 @@ def drop_of(fp32_top1: float, int8_top1: float, drop_type: str) -> float:
 
 
 def gate_failures(budgets: Budgets, accuracy_drop: float | None, latency_ratio: float,
-                  drop_ci: tuple[float, float] | None = None) -> list[str]:
+                  drop_ci: tuple[float, float] | None = None, sqnr_db: float | None = None,
+                  int8_file: str = "int8") -> list[str]:
     """What the gate refuses: the drop (or its CI's upper end, per ``budgets.drop_bound``) above
-    ``max_drop``, and the latency ratio above ``max_latency_ratio``."""
+    ``max_drop``, the latency ratio above ``max_latency_ratio``, and the int8 output SQNR below
+    ``min_sqnr_db``."""
     fails = []
     unit = "pp" if budgets.drop_type == "absolute" else "% (relative)"
     if budgets.max_drop is not None and accuracy_drop is not None:
@@ -254,4 +277,24 @@ def gate_failures(budgets: Budgets, accuracy_drop: float | None, latency_ratio: 
     if budgets.max_latency_ratio is not None and latency_ratio > budgets.max_latency_ratio:
         fails.append(f"int8/fp32 latency ratio {latency_ratio:.3f} exceeds --max-latency-ratio "
                      f"{budgets.max_latency_ratio:g} by {latency_ratio - budgets.max_latency_ratio:.3f}")
+    if budgets.min_sqnr_db is not None and sqnr_db is not None and sqnr_db < budgets.min_sqnr_db:
+        fails.append(f"{int8_file}: int8 output SQNR {sqnr_db:.1f} dB against fp32 is below --min-sqnr "
+                     f"{budgets.min_sqnr_db:g} dB: its outputs are mostly quantization error (a broken or "
+                     "collapsed int8 build; `edgefuse doctor` and `edgefuse analyze` say where)")
+    return fails
+
+
+def artifact_failures(agreement: dict[str, float], budgets: Budgets, samples: int) -> list[str]:
+    """Files whose top-1 agreement with the PyTorch program they were exported from is below
+    ``budgets.min_artifact_agreement``: they do not compute what was quantized (a broken export)."""
+    floor = budgets.min_artifact_agreement
+    if floor is None:
+        return []
+    fails = []
+    for name, a in agreement.items():
+        if a < floor:
+            hint = f"; `edgefuse doctor {name}` shows what onnxruntime runs" if name.endswith(".onnx") else ""
+            fails.append(f"{name} agrees with the PyTorch program it was exported from on {100 * a:.1f}% of "
+                         f"{samples} images (floor {100 * floor:g}%, --min-artifact-agreement): the file does not "
+                         f"compute what was quantized{hint}")
     return fails

@@ -186,3 +186,49 @@ def test_gate_multiplies_are_tiled_bit_identically(tmp_path, monkeypatch):
     rt, rp = diagnose(tiled.path("onnx", "int8"), runs=2), diagnose(plain.path("onnx", "int8"), runs=2)
     assert rt.op_counts.get("QLinearMul") == rp.op_counts.get("QLinearMul") >= 2
     assert rt.layout_ops <= rp.layout_ops, (rt.op_counts, rp.op_counts)
+
+
+def _negate_classifier_scale(model):
+    """A deliberately broken QDQ export: the classifier's weight scale flips sign (logits negated)."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+          and inits[n.input[0]].data_type == onnx.TensorProto.INT8]
+    scale = inits[dq[-1].input[1]]
+    scale.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(scale), scale.name))
+
+
+def test_a_broken_int8_file_fails_the_default_gate(tiny_checkpoint, tmp_path, monkeypatch):
+    """No --max-drop, no labels needed: the file is compared with the program it came from, and its SQNR."""
+    import edgefuse.export.artifacts as artifacts
+    from edgefuse.api import export_model
+    from edgefuse.cli.main import main
+    from edgefuse.validate import Budgets
+
+    real = artifacts.tile_channel_broadcasts
+
+    def damaging(model):
+        _negate_classifier_scale(model)
+        return real(model)
+
+    monkeypatch.setattr(artifacts, "tile_channel_broadcasts", damaging)
+    res = export_model(tiny_checkpoint, tmp_path / "b", calib="digits", formats=("onnx",), runs=3,
+                       budgets=Budgets(max_latency_ratio=None))
+    report = res["report"]
+    assert report.extra["pytorch_agreement"]["model.int8.onnx"] < 0.5
+    assert any("model.int8.onnx agrees with the PyTorch program" in f for f in report.failures), report.failures
+    assert any("SQNR" in f and "--min-sqnr" in f for f in report.failures), report.failures
+    gate = json.loads((tmp_path / "b" / "report.json").read_text())["gate"]
+    assert gate["passed"] is False and gate["min_artifact_agreement"] == 0.99 and gate["min_sqnr_db"] == 10.0
+
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(tiny_checkpoint), "--int8", "--format", "onnx", "--out", str(tmp_path / "c"),
+              "--runs", "3", "--max-latency-ratio", "100", "--quiet"])
+    assert e.value.code == 1
+    # the floors are options: lowered, the same broken file passes (so the test above is about them)
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(tiny_checkpoint), "--int8", "--format", "onnx", "--out", str(tmp_path / "d"),
+              "--runs", "3", "--max-latency-ratio", "100", "--quiet", "--min-artifact-agreement", "0",
+              "--min-sqnr", "-1000"])
+    assert e.value.code in (0, None)

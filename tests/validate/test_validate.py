@@ -107,3 +107,19 @@ def test_slower_int8_report_carries_doctor_summary(exported, monkeypatch):
     monkeypatch.setattr(core, "interleaved_latency", timed(1.2, 1.0))
     fast = validate_models(res.path("onnx", "fp32"), res.path("onnx", "int8"), None, runs=5)
     assert fast.passed and "doctor" not in fast.extra
+
+
+def test_damaged_int8_model_fails_without_a_drop_budget(exported, tmp_path):
+    """The SQNR floor needs no labels and no --max-drop: noise outputs fail the default gate."""
+    from edgefuse.data import ImageDataset, PreprocessContract, load_data
+    from edgefuse.validate import OrtModel
+
+    res = exported["export"]
+    bad = damage_int8_onnx(res.path("onnx", "int8"), tmp_path / "bad.onnx")
+    contract = PreprocessContract.from_dict(json.loads(OrtModel(bad).metadata()["edgefuse.contract"]))
+    ds = ImageDataset(load_data("digits").test, contract)
+    r = validate_models(res.path("onnx", "fp32"), bad, ds, runs=3, budgets=Budgets(max_latency_ratio=None))
+    assert not r.passed and any("--min-sqnr" in f and "bad.onnx" in f for f in r.failures), r.failures
+    ok = validate_models(res.path("onnx", "fp32"), res.path("onnx", "int8"), ds, runs=3,
+                         budgets=Budgets(max_latency_ratio=None))
+    assert ok.passed and ok.sqnr_db > 10, (ok.failures, ok.sqnr_db)
