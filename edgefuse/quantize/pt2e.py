@@ -145,22 +145,50 @@ def fp32_inputs_for_excluded(program: torch.fx.GraphModule, exclude: tuple[str, 
     return rewired
 
 
+#: Ops of an exported graph whose behaviour depends on the mode, and the index of their ``training`` literal.
+_BN_MODE_ARG = {_aten.batch_norm.default: 5, _aten._native_batch_norm_legit.default: 5,
+                _aten.cudnn_batch_norm.default: 5}
+_DROPOUT_MODE_ARG = {op.default: 2 for op in (
+    _aten.dropout, _aten.dropout_, _aten.feature_dropout, _aten.feature_dropout_, _aten.alpha_dropout,
+    _aten.alpha_dropout_, _aten.feature_alpha_dropout, _aten.feature_alpha_dropout_)}
+
+
+def set_exported_mode(program: torch.fx.GraphModule, training: bool, *, dropout: bool = True) -> int:
+    """Switch an exported graph's batch-norm (and, with ``dropout``, dropout) ops to train or eval mode.
+
+    Flips each op's own ``training`` literal and keeps every other argument. torchao's
+    ``move_exported_model_to_train/eval`` instead pattern-replaces each batch norm with a default one
+    (``ignore_literals=True``; its own TODO: "fails to support custom momentum and eps"), which silently
+    changed ``eps`` from 1e-3 to 1e-5 in torchvision's MobileNetV3 and EfficientNet: a random-init
+    MobileNetV3-small's logits changed by 390 (std 27) on its first ``.eval()``. Returns the ops switched.
+    """
+    table = {**_BN_MODE_ARG, **(_DROPOUT_MODE_ARG if dropout else {})}
+    switched = 0
+    for n in program.graph.nodes:
+        i = table.get(n.target) if n.op == "call_function" else None
+        if i is not None and len(n.args) > i and n.args[i] != training:
+            n.args = (*n.args[:i], bool(training), *n.args[i + 1:])
+            switched += 1
+    if switched:
+        program.recompile()
+    setattr(program, _EXPORTED_TRAINING_ATTR, bool(training))
+    return switched
+
+
 def allow_train_eval(program: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """Let generic code call ``.train()``/``.eval()`` on an exported program, with ``.training`` kept true.
 
-    torchao's ``allow_exported_model_train_eval`` swaps the dropout/batch-norm ops but leaves the
-    ``training`` flag a GraphModule is born with (True). Code that saves and restores the mode
-    (``was = m.training; m.eval(); ...; m.train(was)``, as every evaluation loop does) then moved the
-    program *into* training mode after its first evaluation: dropout on and batch norm on batch
-    statistics in every later run and in the exported files. torchvision's MobileNetV3 (Dropout 0.2
-    before its classifier) came out of ``export --int8`` agreeing with its own int8 program on 36% of
-    images. The program is in eval mode here (PT2E captures and converts in eval mode).
+    An exported GraphModule refuses ``.eval()``; this makes both calls switch its batch-norm and dropout
+    ops (:func:`set_exported_mode`) and set the ``training`` flag, which torchao's
+    ``allow_exported_model_train_eval`` leaves at the True a GraphModule is born with. Code that saves
+    and restores the mode (``was = m.training; m.eval(); ...; m.train(was)``, as every evaluation loop
+    does) then moved the program *into* training mode after its first evaluation: dropout on in every
+    later run and in the exported files (torchvision's MobileNetV3 int8 agreed with its own program on
+    36% of images). The program is taken as it is now (exported and converted in eval mode).
     """
-    _ao.allow_exported_model_train_eval(program)
-    patched_train = program.train
 
     def _train(self, mode: bool = True):
-        patched_train(mode)
+        set_exported_mode(self, mode)
         self.training = bool(mode)
         return self
 
@@ -311,12 +339,7 @@ class QATConfig:
 
 def _freeze_bn(prepared: torch.fx.GraphModule) -> None:
     # PT2E graphs have no BatchNorm modules; switch the batch-norm ops to use running statistics.
-    for n in prepared.graph.nodes:
-        if n.target in (torch.ops.aten._native_batch_norm_legit.default, torch.ops.aten.cudnn_batch_norm.default):
-            args = list(n.args)
-            args[5] = False
-            n.args = tuple(args)
-    prepared.recompile()
+    set_exported_mode(prepared, False, dropout=False)
 
 
 def quantize_qat(
@@ -357,7 +380,7 @@ def quantize_qat(
     gm = capture(model, xs[:1])
     with quiet():
         prepared = prepare_qat_pt2e(gm, make_quantizer(config, is_qat=True))
-    _ao.move_exported_model_to_train(prepared)
+    set_exported_mode(prepared, True)
     opt = torch.optim.AdamW(prepared.parameters(), lr=qat.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(qat.seed)
     shards = EpochShards(n, qat.batch_size, qat.seed, dist)
@@ -396,5 +419,5 @@ def quantize_qat(
                             "observers_frozen": epoch >= qat.freeze_observer_epoch})
     finally:
         progress.finish("qat")
-    _ao.move_exported_model_to_eval(prepared)
+    set_exported_mode(prepared, False)
     return QuantizedModel(convert_calibrated(prepared, config), config, "qat", xs[:1].clone(), n, history)

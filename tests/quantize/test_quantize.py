@@ -119,3 +119,39 @@ class _ListReader:
 
     def get_next(self):
         return self.batches.pop(0) if self.batches else None
+
+
+def test_mode_switches_keep_batch_norm_eps_and_reach_every_mode_op(tmp_path):
+    """torchvision's BatchNorm2d(eps=1e-3) with dead channels (running_var ~ 0): a mode switch that resets
+    eps to 1e-5 changes the network by orders of magnitude; ours flips only the training literal."""
+    from edgefuse.api import load_model_source
+    from edgefuse.quantize.pt2e import _freeze_bn, capture, set_exported_mode
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4, eps=1e-3), torch.nn.ReLU(),
+                            torch.nn.Flatten(), torch.nn.Dropout(0.3, inplace=True), torch.nn.Linear(4 * 6 * 6, 3))
+    with torch.no_grad():
+        m[1].running_var.copy_(torch.tensor([1e-6, 1.0, 1e-6, 2.0]))
+    m.eval()
+    x = torch.randn(5, 1, 8, 8)
+    ref = m(x)
+    ep = torch.export.export(m, (torch.randn(2, 1, 8, 8),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(ep, tmp_path / "m.pt2")
+    module, _, _ = load_model_source(tmp_path / "m.pt2", input_size=8, channels=1)
+    module.eval()
+    torch.testing.assert_close(module(x), ref)
+    module.train()  # (no forward here: one in train mode would update the running statistics)
+    assert module.training
+    assert [n.args[5] for n in module.graph.nodes if n.target == torch.ops.aten.batch_norm.default] == [True]
+    module.eval()
+    torch.testing.assert_close(module(x), ref)
+    eps = [n.args[7] for n in module.graph.nodes if n.target == torch.ops.aten.batch_norm.default]
+    assert eps == [1e-3]
+
+    m.train()
+    gm = capture(m, x[:1])
+    assert set_exported_mode(gm, True) == 0  # captured in train mode already
+    _freeze_bn(gm)  # QAT's late-epoch freeze reaches torch 2.13's aten.batch_norm (it was a no-op)
+    modes = {str(n.target): n.args[5 if "batch_norm" in str(n.target) else 2] for n in gm.graph.nodes
+             if "batch_norm" in str(n.target) or "dropout" in str(n.target)}
+    assert modes == {"aten.batch_norm.default": False, "aten.dropout_.default": True}, modes
