@@ -230,6 +230,26 @@ def _contract_from_flags(base, input_size, channels, mean, std, class_names):
     return PreprocessContract.from_dict(d)
 
 
+def _check_pt2_batch_range(path: Path, program, batch) -> None:
+    """Refuse a ``.pt2`` whose declared batch range does not cover what edgefuse runs: batch 1 (mobile
+    files, latency) up to :data:`edgefuse.limits.MAX_BATCH` (the symbolic batch it traces with)."""
+    from edgefuse.errors import UsageError
+    from edgefuse.limits import MAX_BATCH
+
+    rng = program.range_constraints.get(batch.node.expr)
+    if rng is None:
+        return
+    from torch.utils._sympy.numbers import int_oo
+
+    lo, hi = int(rng.lower), (None if rng.upper == int_oo else int(rng.upper))
+    if lo > 1 or (hi is not None and hi < MAX_BATCH):
+        declared = f"{lo}..{hi if hi is not None else 'any'}"
+        raise UsageError(
+            f"{path} accepts batch sizes {declared} only (a bounded torch.export Dim); edgefuse runs batch 1 for "
+            f"mobile files and latency and traces batches up to {MAX_BATCH}: re-export with "
+            "dynamic_shapes=({0: torch.export.Dim('batch')},) (no min/max)")
+
+
 def load_model_source(
     source: str | Path,
     *,
@@ -297,6 +317,8 @@ def load_model_source(
                 f"{path} was exported with a fixed batch size of {val.shape[0]}; calibration and evaluation run "
                 "batches, so re-export it with dynamic_shapes=({0: torch.export.Dim('batch')},)"
             )
+        if val is not None:
+            _check_pt2_batch_range(path, program, val.shape[0])
         from edgefuse.quantize.pt2e import allow_train_eval
 
         # An exported program's module refuses .eval(); this switches its dropout/batch-norm ops.

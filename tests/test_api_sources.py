@@ -113,3 +113,30 @@ def test_exported_programs_stay_in_eval_mode_after_evaluation(tmp_path):
     agree = res["report"].extra["pytorch_agreement"]
     assert agree["model.int8.onnx"] == 1.0 and agree["model.fp32.onnx"] == 1.0, agree
     assert np.isfinite(res["report"].sqnr_db) and res["report"].sqnr_db > 15, res["report"].sqnr_db
+
+
+@pytest.mark.parametrize("lo,hi", [(1, 64), (2, 16)])
+def test_bounded_batch_pt2_is_a_one_line_error(tmp_path, lo, hi):
+    """`Dim("batch", max=64)` is a common way to write it: refused before any work, with how to re-export."""
+    m = create_model("resnet", 10, width=0.5).eval()
+    ep = torch.export.export(m, (torch.randn(2, 1, 32, 32),),
+                             dynamic_shapes=({0: torch.export.Dim("batch", min=lo, max=hi)},))
+    torch.export.save(ep, tmp_path / "b.pt2")
+    with pytest.raises(UsageError, match=rf"batch sizes {lo}\.\.{hi} only.*Dim\('batch'\)"):
+        load_model_source(tmp_path / "b.pt2", input_size=32, channels=1)
+    r = subprocess.run([sys.executable, "-m", "edgefuse.cli.main", "export", str(tmp_path / "b.pt2"), "--int8",
+                        "--input-size", "32", "--channels", "1", "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "re-export" in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_dynamic_spatial_dims_are_checked_against_the_contract(tmp_path):
+    m = create_model("resnet", 10, width=0.5).eval()
+    ep = torch.export.export(m, (torch.randn(2, 1, 32, 32),), dynamic_shapes=(
+        {0: torch.export.Dim("batch"), 2: torch.export.Dim("h", min=16, max=64)},))
+    torch.export.save(ep, tmp_path / "h.pt2")
+    r = subprocess.run([sys.executable, "-m", "edgefuse.cli.main", "export", str(tmp_path / "h.pt2"), "--int8",
+                        "--input-size", "8", "--channels", "1", "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "does not accept" in r.stderr and len(r.stderr.strip().splitlines()) == 1

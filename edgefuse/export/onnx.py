@@ -9,6 +9,7 @@ from torch import nn
 
 from edgefuse._quiet import quiet
 from edgefuse.errors import ExportError
+from edgefuse.limits import MAX_BATCH
 
 #: The ONNX opset edgefuse exports (onnxruntime 1.32 runs it; QDQ needs >= 13).
 DEFAULT_OPSET = 18
@@ -41,7 +42,7 @@ def export_onnx(
     input_names = input_names or (["input"] if n == 1 else [f"input_{i}" for i in range(n)])
     dynamic_shapes = None
     if dynamic_batch:
-        batch = torch.export.Dim("batch", min=1, max=4096)
+        batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
         dynamic_shapes = tuple({0: batch} for _ in example_inputs)
     try:
         with quiet():

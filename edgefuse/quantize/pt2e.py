@@ -20,6 +20,7 @@ from torch import nn
 from edgefuse._quiet import import_pt2e, quiet
 from edgefuse.distributed import EpochShards
 from edgefuse.errors import DataError, UsageError
+from edgefuse.limits import MAX_BATCH
 from edgefuse.progress import NullProgress, Progress
 from edgefuse.quantize.config import QuantConfig
 from edgefuse.quantize.quantizer import EdgefuseQuantizer
@@ -242,7 +243,7 @@ class QuantizedModel:
 def capture(model: nn.Module, example_input: torch.Tensor) -> torch.fx.GraphModule:
     """``torch.export`` the model with a symbolic batch dimension and return its graph module."""
     example = example_input if example_input.shape[0] > 1 else example_input.repeat(2, *[1] * (example_input.ndim - 1))
-    batch = torch.export.Dim("batch", min=1, max=4096)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with quiet():
         return torch.export.export(model, (example,), dynamic_shapes=({0: batch},)).module()
 
