@@ -265,8 +265,9 @@ def load_model_source(
     state_dict (loaded ``weights_only``). Returns ``(module, contract, info)``.
 
     Only two forms execute code from outside edgefuse, and only because the user asked: the factory
-    the user named, and ``trust_pickle=True``, which unpickles a whole ``nn.Module`` (pickles can run
-    arbitrary code while loading; without the flag such files are refused before anything runs).
+    the user named, and ``trust_pickle=True``, which unpickles a whole ``nn.Module`` or a ``.pt2`` whose
+    pickled members are not weights-only (pickles can run arbitrary code while loading; without the flag
+    such files are refused before anything runs, see :mod:`edgefuse.pt2_audit`).
     """
     import importlib
 
@@ -302,7 +303,9 @@ def load_model_source(
         return model.eval(), _contract_from_flags(None, input_size, channels, mean, std, None), info
     if path.suffix == ".pt2":
         from edgefuse._quiet import quiet
+        from edgefuse.pt2_audit import audit_pt2
 
+        audit_pt2(path, trust_pickle=trust_pickle)  # before torch unpickles anything in it
         try:
             with quiet():
                 program = torch.export.load(str(path))

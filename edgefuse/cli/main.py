@@ -296,9 +296,9 @@ def export(
     factory: Optional[str] = typer.Option(None, help="package.module:function building the model for a state_dict "
                                                      "(runs that code: only for code you trust)."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle",
-                                      help="Accept a whole pickled nn.Module (torch.save(model)). Unpickling can run "
-                                           "arbitrary code hidden in the file: only for files you trust. Needs "
-                                           "--input-size and --channels."),
+                                      help="Accept a whole pickled nn.Module (torch.save(model)), or a .pt2 whose pickled "
+                                           "parts are not weights-only. Unpickling can run arbitrary code hidden in "
+                                           "the file: only for files you trust. Needs --input-size and --channels."),
     input_size: Optional[int] = typer.Option(None, help="Input side in pixels (overrides/defines the contract)."),
     channels: Optional[int] = typer.Option(None, help="Input channels (1 or 3)."),
     mean: Optional[str] = typer.Option(None, help="Per-channel mean after scaling to [0, 1], comma-separated."),
