@@ -413,11 +413,13 @@ def export_model(
     from edgefuse.data import ImageDataset, load_data
     from edgefuse.errors import DataError, UsageError
     from edgefuse.export import DEFAULT_OPSET, export_artifacts
+    from edgefuse.export.onnx import check_opset
     from edgefuse.quantize import TensorBatches, quantize_ptq, quantize_qat
     from edgefuse.validate import Budgets, validate_models, write_report
     from edgefuse.validate.report import artifact_failures
 
     out = Path(out_dir)
+    opset = check_opset(opset or DEFAULT_OPSET)  # flags first: refused in a second, not after quantizing
     if (out / "manifest.json").exists() and not force:
         raise UsageError(f"{out} already holds exported artifacts; pass --force to replace them")
     if "pte" in formats:
@@ -513,7 +515,7 @@ def export_model(
     if test_ds is not None:
         check_inputs = torch.stack([test_ds[i][0] for i in range(min(16, len(test_ds)))])
     exported = export_artifacts(model, contract, out, quantized=quantized, pte_quantized=pte_quantized,
-                                formats=formats, batch=batch, opset=opset or DEFAULT_OPSET, force=force,
+                                formats=formats, batch=batch, opset=opset, force=force,
                                 check_inputs=check_inputs, manifest_extra=manifest_extra)
     result["export"] = exported
     result["report"] = None

@@ -274,7 +274,8 @@ def export(
                                      "required_operators.config), pte (ExecuTorch + XNNPACK; needs "
                                      "`pip install 'edgefuse[executorch]'`), torchscript (server-side only)."),
     batch: Optional[int] = typer.Option(None, help="Fixed batch size (default: dynamic batch dimension)."),
-    opset: int = typer.Option(18, help="ONNX opset."),
+    opset: int = typer.Option(18, help="ONNX opset of the written files, 18-24 (the exporter writes 18; newer ones are converted "
+                                       "with onnx's version converter and checked)."),
     max_drop: Optional[float] = typer.Option(None, help="Gate: largest top-1 drop of int8 vs fp32 (percentage points)."),
     drop_type: str = _GATE["drop_type"],
     max_latency_ratio: float = _GATE["max_latency_ratio"],

@@ -9,7 +9,8 @@ from torch import nn
 
 from edgefuse._quiet import quiet
 from edgefuse.errors import ExportError
-from edgefuse.limits import MAX_BATCH
+from edgefuse.errors import UsageError
+from edgefuse.limits import MAX_BATCH, MAX_OPSET, MIN_OPSET
 
 #: The ONNX opset edgefuse exports (onnxruntime 1.32 runs it; QDQ needs >= 13).
 DEFAULT_OPSET = 18
@@ -56,4 +57,36 @@ def export_onnx(
         msg = str(e).strip().splitlines()
         cause = next((ln for ln in msg if "Error" in ln or "error" in ln), msg[0] if msg else type(e).__name__)
         raise ExportError(f"ONNX export failed: {cause[:300]}") from e
+    _convert_opset(path, opset)
     return path
+
+
+def check_opset(opset: int) -> int:
+    """Raise :class:`UsageError` for an opset edgefuse cannot write (call before any work)."""
+    if not MIN_OPSET <= int(opset) <= MAX_OPSET:
+        raise UsageError(f"--opset must be between {MIN_OPSET} (what torch's exporter writes; onnx's converter "
+                         f"cannot lower it reliably) and {MAX_OPSET} (the newest onnxruntime loads), got {opset}")
+    return int(opset)
+
+
+def _convert_opset(path: Path, opset: int) -> None:
+    """The dynamo exporter writes opset 18 whatever ``opset_version`` says: convert up to the one asked for
+    (onnx's version converter) and check the file says so."""
+    import onnx
+    from onnx import version_converter
+
+    check_opset(opset)
+    model = onnx.load(str(path))
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if current == opset:
+        return
+    try:
+        model = version_converter.convert_version(model, opset)
+        onnx.checker.check_model(model)
+    except Exception as e:
+        cause = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise ExportError(f"cannot write opset {opset} (exported at {current}): {cause[:200]}") from None
+    got = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if got != opset:
+        raise ExportError(f"the opset converter wrote opset {got}, not {opset}")
+    onnx.save(model, str(path))

@@ -232,3 +232,29 @@ def test_a_broken_int8_file_fails_the_default_gate(tiny_checkpoint, tmp_path, mo
               "--runs", "3", "--max-latency-ratio", "100", "--quiet", "--min-artifact-agreement", "0",
               "--min-sqnr", "-1000"])
     assert e.value.code in (0, None)
+
+
+@pytest.mark.parametrize("opset", [21, 24])
+def test_opset_is_written_as_asked(tiny_checkpoint, tmp_path, opset):
+    from edgefuse.api import export_model
+    from edgefuse.validate import Budgets
+
+    res = export_model(tiny_checkpoint, tmp_path / "b", calib="digits", formats=("onnx",), runs=2, opset=opset,
+                       budgets=Budgets(max_latency_ratio=None))
+    for precision in ("fp32", "int8"):
+        m = onnx.load(str(res["export"].path("onnx", precision)))
+        assert [o.version for o in m.opset_import if o.domain in ("", "ai.onnx")] == [opset]
+    assert res["export"].manifest["export"]["opset"] == opset and res["report"].passed, res["report"].failures
+
+
+@pytest.mark.parametrize("opset", [3, 13, 17, 25])
+def test_an_unwritable_opset_is_refused_before_any_work(tiny_checkpoint, tmp_path, opset, monkeypatch):
+    import edgefuse.api as api
+
+    def no_work(*a, **k):
+        raise AssertionError("the model was loaded before the flag was checked")
+
+    monkeypatch.setattr(api, "load_model_source", no_work)
+    with pytest.raises(UsageError, match="--opset must be between 18"):
+        api.export_model(tiny_checkpoint, tmp_path / "b", calib="digits", formats=("onnx",), opset=opset)
+    assert not (tmp_path / "b").exists()
