@@ -13,9 +13,16 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image
 
-from edgefuse.errors import UsageError
+from edgefuse.errors import DataError, UsageError
 
 CONTRACT_VERSION = 1
+#: How images of other modes become 8-bit ``color`` (see :meth:`PreprocessContract.to_image`); an app must do the same.
+IMAGE_MODE_RULES = {
+    "alpha": "composite over black (RGBA, LA, PA, palette with transparency); content only in alpha is refused",
+    "16-bit grey": "round(value / 257) to 8 bits (I;16, I with 0..65535)",
+    "float": "refused (no standard range)",
+    "CMYK": "PIL's CMYK -> RGB conversion",
+}
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,7 @@ class PreprocessContract:
         d = asdict(self)
         d["mean"], d["std"], d["class_names"] = list(self.mean), list(self.std), list(self.class_names)
         d["color"] = self.color
+        d["image_modes"] = IMAGE_MODE_RULES
         return d
 
     def to_json(self) -> str:
@@ -120,10 +128,29 @@ class PreprocessContract:
         return cls.from_dict(d)
 
     def to_image(self, pixels: np.ndarray | Image.Image) -> Image.Image:
-        """Convert raw pixels (uint8 HxW or HxWxC, or a PIL image of any mode) to the contract's mode."""
+        """Convert raw pixels (uint8 HxW or HxWxC, or a PIL image of any mode) to the contract's mode.
+
+        The rules (:data:`IMAGE_MODE_RULES`, written into every sidecar): 16-bit greyscale (PIL modes
+        ``I;16*`` and ``I`` with values in 0..65535) is scaled to 8 bits by 1/257, so 65535 becomes 255
+        (PIL's own conversion clips everything above 255 to white); alpha (RGBA, LA, PA, palettes with
+        transparency) is composited over black; CMYK uses PIL's conversion. Refused (DataError):
+        32-bit float images (no standard range), ``I`` values outside 0..65535, and images whose content
+        is only in the alpha channel (the colour channels are constant, so compositing would erase it).
+        """
         img = pixels if isinstance(pixels, Image.Image) else _array_to_image(pixels)
+        if img.mode == "F":
+            raise DataError("32-bit float images have no standard pixel range; save them as 8- or 16-bit PNG")
+        if img.mode.startswith("I"):
+            a = np.asarray(img, dtype=np.int64)
+            if a.size and (a.min() < 0 or a.max() > 65535):
+                raise DataError(f"{img.mode} image values {a.min()}..{a.max()} are outside the 16-bit range 0..65535")
+            img = Image.fromarray(np.round(a / 257.0).astype(np.uint8), "L")
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
+            colour, alpha = np.asarray(rgba)[..., :3], np.asarray(rgba)[..., 3]
+            if alpha.size and alpha.min() != alpha.max() and colour.min() == colour.max():
+                raise DataError("the image's content is only in its alpha channel (its colour is constant); the "
+                                "contract composites alpha over black, which would erase it: save it as greyscale")
             img = Image.new("RGB", rgba.size)
             img.paste(rgba, mask=rgba.split()[-1])
         return img.convert(self.color)

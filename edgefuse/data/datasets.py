@@ -78,7 +78,12 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.raw)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return torch.from_numpy(self.contract.preprocess(self.raw.image(i))), int(self.raw.labels[i])
+        try:
+            x = self.contract.preprocess(self.raw.image(i))
+        except DataError as e:
+            item = self.raw.items[i]
+            raise DataError(f"{item}: {e}" if isinstance(item, Path) else str(e)) from None
+        return torch.from_numpy(x), int(self.raw.labels[i])
 
 
 def load_data(

@@ -1,4 +1,5 @@
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -106,3 +107,78 @@ def test_npz(tmp_path):
     (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04garbage")
     with pytest.raises(InputFileError, match="not a readable"):
         load_data(tmp_path / "corrupt.npz")
+
+
+def _modes_contract(channels=1):
+    from edgefuse.data import PreprocessContract
+
+    return PreprocessContract(4, channels, [0.0] * channels, [1.0] * channels)
+
+
+def test_16_bit_grey_is_scaled_not_clipped():
+    from PIL import Image
+
+    eight = np.array([[0, 1, 128, 255]] * 4, np.uint8)
+    want = _modes_contract().preprocess(Image.fromarray(eight, "L"))
+    for mode in ("I;16", "I"):
+        img = Image.fromarray(eight.astype(np.uint16) * 257)
+        if mode == "I":
+            img = img.convert("I")
+        assert img.mode == mode
+        np.testing.assert_array_equal(_modes_contract().preprocess(img), want)
+
+
+def test_16_bit_png_on_disk_scores_like_its_8_bit_twin(tmp_path):
+    from PIL import Image
+
+    from edgefuse.data import ImageDataset, load_data
+
+    for depth in (8, 16):
+        for c in ("a", "b"):
+            (tmp_path / f"d{depth}" / c).mkdir(parents=True)
+            for i in range(6):
+                px = np.random.default_rng(i + 10 * (c == "b")).integers(0, 256, (8, 8)).astype(np.uint8)
+                img = Image.fromarray(px, "L") if depth == 8 else Image.fromarray(px.astype(np.uint16) * 257)
+                img.save(tmp_path / f"d{depth}" / c / f"{i}.png")
+    a, b = load_data(str(tmp_path / "d8")), load_data(str(tmp_path / "d16"))
+    c = _modes_contract()
+    x8 = [ImageDataset(a.train, c)[i][0] for i in range(len(a.train))]
+    x16 = [ImageDataset(b.train, c)[i][0] for i in range(len(b.train))]
+    assert b.default_channels == 1
+    for u, v in zip(x8, x16):
+        torch.testing.assert_close(u, v)
+
+
+@pytest.mark.parametrize("mode", ["LA", "RGBA"])
+def test_content_only_in_alpha_is_refused(mode):
+    from PIL import Image
+
+    from edgefuse.errors import DataError
+
+    a = np.zeros((4, 4, 4), np.uint8)
+    a[..., 3] = np.arange(16).reshape(4, 4) * 16
+    img = Image.fromarray(a, "RGBA").convert(mode)
+    with pytest.raises(DataError, match="only in its alpha channel"):
+        _modes_contract().preprocess(img)
+    a[..., :3] = (np.arange(16).reshape(4, 4, 1) * 10 + 50).astype(np.uint8)  # colour too: composited over black
+    out = _modes_contract().preprocess(Image.fromarray(a, "RGBA").convert(mode))
+    assert out.max() <= 200 / 255 + 1e-6 and out.min() == 0
+
+
+def test_float_palette_and_cmyk_images():
+    from PIL import Image
+
+    from edgefuse.errors import DataError
+
+    with pytest.raises(DataError, match="float"):
+        _modes_contract().preprocess(Image.fromarray(np.ones((4, 4), np.float32), "F"))
+    p = Image.fromarray(np.array([[0, 1] * 2] * 4, np.uint8), "P")
+    p.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+    p.info["transparency"] = 0
+    out = _modes_contract(3).preprocess(p)
+    assert out[:, :, 0].max() == 0 and out[1].max() == 1.0  # the transparent red index became black
+    cmyk = Image.new("CMYK", (4, 4), (0, 0, 0, 0))
+    assert _modes_contract(3).preprocess(cmyk).min() == 1.0  # no ink is white
+    from edgefuse.data.contract import IMAGE_MODE_RULES
+
+    assert _modes_contract().to_dict()["image_modes"] == IMAGE_MODE_RULES
