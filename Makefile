@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU build on this machine's disk, never a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,executorch]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,executorch,thirdparty]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -33,29 +33,11 @@ from edgefuse.models import create_model
 from edgefuse.quantize import TensorBatches, quantize_ptq
 from edgefuse.validate import OrtModel, cpu_name, interleaved_latency
 from edgefuse.validate.metrics import agreement, sqnr_db
+from edgefuse.validate.reference import ort_quantize_static
 
 ROWS = ["resnet/add", "resnet/se", "resnet/cbam", "resnet/effatt", "mobilenetv3/add", "mobilenetv3-paper/add",
         "fpn/effatt"]
 VARIANTS = {"mobilenetv3-paper": ("mobilenetv3", {"act": None, "dw_divisor": 8})}
-
-
-def ort_quantize_static(fp32: Path, out: Path, calib: np.ndarray) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(calib[i : i + 1] for i in range(len(calib)))
-
-        def get_next(self):
-            x = next(self.it, None)
-            return None if x is None else {"input": x}
-
-    pre = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    return out
 
 
 def main() -> None:

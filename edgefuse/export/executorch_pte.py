@@ -50,6 +50,49 @@ def delegation_summary(graph_module: torch.fx.GraphModule) -> dict:
     }
 
 
+def _values_only(node) -> bool:
+    """True when only output 0 (the values, not the indices) of a (values, indices) op is read."""
+    import operator
+
+    return all(u.op == "call_function" and u.target is operator.getitem and (u.args[1] == 0 or not u.users)
+               for u in node.users)
+
+
+def rewrite_max_pools_as_amax(gm: torch.fx.GraphModule) -> int:
+    """Rewrite the max pools users write after the CBAM paper into ``amax``, which XNNPACK lowers.
+
+    ``nn.AdaptiveMaxPool2d(1)`` (``aten.adaptive_max_pool2d``: not in the Core ATen opset, so lowering
+    fails) becomes ``amax(x, (2, 3), keepdim=True)``, and ``torch.max(x, dim)`` with its indices unused
+    becomes ``amax(x, dim, keepdim)``: the same values, exactly. Returns the nodes rewritten.
+    """
+    aten = torch.ops.aten
+    done = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or not _values_only(node):
+            continue
+        if node.target is aten.adaptive_max_pool2d.default and list(node.args[1]) == [1, 1]:
+            dims, keep = [-2, -1], True
+        elif node.target is aten.max.dim:
+            dims, keep = [node.args[1]], bool(node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False))
+        else:
+            continue
+        with gm.graph.inserting_before(node):
+            amax = gm.graph.call_function(aten.amax.default, (node.args[0], dims, keep))
+        amax.meta = {k: v for k, v in node.meta.items() if k != "val"}
+        if "val" in node.meta:
+            amax.meta["val"] = node.meta["val"][0]
+        for user in list(node.users):  # getitem 0 -> amax; an unread getitem of the indices goes
+            if user.args[1] == 0:
+                user.replace_all_uses_with(amax)
+            gm.graph.erase_node(user)
+        gm.graph.erase_node(node)
+        done += 1
+    if done:
+        gm.graph.lint()
+        gm.recompile()
+    return done
+
+
 def export_pte(module: torch.nn.Module, example: torch.Tensor, path: str | Path) -> dict:
     """Lower ``module`` (fp32 ``nn.Module`` or a converted PT2E int8 program) to an XNNPACK ``.pte``.
 
@@ -75,6 +118,7 @@ def export_pte(module: torch.nn.Module, example: torch.Tensor, path: str | Path)
             from executorch.exir import to_edge_transform_and_lower
 
             ep = torch.export.export(module, (example,))
+            rewritten = rewrite_max_pools_as_amax(ep.graph_module)
             edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
             summary = delegation_summary(edge.exported_program().graph_module)
             program = edge.to_executorch()
@@ -94,4 +138,5 @@ def export_pte(module: torch.nn.Module, example: torch.Tensor, path: str | Path)
     # differs by the size of the logits.
     if not (diff <= 0.05 * scale + 1e-4):
         raise ExportError(f"{path.name}: ExecuTorch output differs from PyTorch by {diff:.3g} (logits up to {scale:.3g})")
-    return {"delegation": summary, "max_abs_diff_vs_pytorch": diff, "batch": int(example.shape[0])}
+    return {"delegation": summary, "max_abs_diff_vs_pytorch": diff, "batch": int(example.shape[0]),
+            "max_pools_as_amax": rewritten}
