@@ -60,6 +60,10 @@ def train_model(
     from edgefuse.models import create_model
     from edgefuse.training import TrainConfig, train
 
+    from edgefuse.limits import check_output_dir, check_run_flags
+
+    check_run_flags(input_size=input_size)
+    check_output_dir(Path(out).parent, "the folder of --out")
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, attention_lr_scale=attention_lr_scale, seed=seed)
     check_model_args(model, fusion, width=width, channels=channels, input_size=input_size,
                      fusion_kwargs=fusion_kwargs, positions=positions)
@@ -414,12 +418,16 @@ def export_model(
     from edgefuse.errors import DataError, UsageError
     from edgefuse.export import DEFAULT_OPSET, export_artifacts
     from edgefuse.export.onnx import check_opset
+    from edgefuse.limits import check_output_dir, check_run_flags
     from edgefuse.quantize import TensorBatches, quantize_ptq, quantize_qat
     from edgefuse.validate import Budgets, validate_models, write_report
     from edgefuse.validate.report import artifact_failures
 
     out = Path(out_dir)
-    opset = check_opset(opset or DEFAULT_OPSET)  # flags first: refused in a second, not after quantizing
+    # flags and the output folder first: refused in a second, not after quantizing
+    opset = check_opset(opset or DEFAULT_OPSET)
+    check_run_flags(threads=threads, runs=runs, batch=batch, input_size=(model_kwargs or {}).get("input_size"))
+    check_output_dir(out)
     if (out / "manifest.json").exists() and not force:
         raise UsageError(f"{out} already holds exported artifacts; pass --force to replace them")
     if "pte" in formats:
@@ -691,6 +699,11 @@ def validate_files(
     from edgefuse.validate import Budgets, validate_models, write_report
     from edgefuse.validate.runtime import load_runtime
 
+    from edgefuse.limits import check_output_dir, check_run_flags
+
+    check_run_flags(threads=threads, runs=runs, input_size=(contract_flags or {}).get("input_size"))
+    if out_dir:
+        check_output_dir(out_dir)
     meta = load_runtime(fp32).metadata()
     base = PreprocessContract.from_json(meta["edgefuse.contract"]) if "edgefuse.contract" in meta else None
     flags = {k: v for k, v in (contract_flags or {}).items() if v is not None}

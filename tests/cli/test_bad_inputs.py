@@ -193,7 +193,47 @@ def _verify_not_a_folder(t, c):
     return ["verify", str(t / "nothing")], ["not a folder"]
 
 
+def _zero_runs(t, c):
+    return ["export", str(c), "--int8", "--runs", "0", "--out", str(t / "out")], ["--runs must be between 1"]
+
+
+def _negative_threads(t, c):
+    return ["export", str(c), "--int8", "--threads", "-1", "--out", str(t / "out")], ["--threads must be between 1"]
+
+
+def _more_threads_than_cores(t, c):
+    return (["validate", "--fp32", str(c), "--int8", str(c), "--threads", "10000"],
+            ["--threads must be between 1 and this machine's"])
+
+
+def _zero_batch(t, c):
+    return ["export", str(c), "--int8", "--batch", "0", "--out", str(t / "out")], ["--batch must be between 1"]
+
+
+def _huge_input_size(t, c):
+    return (["train", "--model", "resnet", "--input-size", "100000", "--out", str(t / "m.pt")],
+            ["--input-size must be between 1 and 2048", "EDGEFUSE_MAX_INPUT_SIZE"])
+
+
+def _opset_too_old(t, c):
+    return ["export", str(c), "--int8", "--opset", "3", "--out", str(t / "out")], ["--opset must be between 18"]
+
+
+def _validate_out_is_a_file(t, c):
+    (t / "rep").write_text("x")
+    return (["validate", "--fp32", str(c), "--int8", str(c), "--out", str(t / "rep")],
+            ["--out", "exists and is not a folder"])
+
+
+def _train_out_under_a_file(t, c):
+    (t / "f").write_text("x")
+    return (["train", "--model", "resnet", "--epochs", "1", "--out", str(t / "f" / "model.pt")],
+            ["not a folder"])
+
+
 CASES = {f.__name__.lstrip("_"): f for f in [
+    _zero_runs, _negative_threads, _more_threads_than_cores, _zero_batch, _huge_input_size, _opset_too_old,
+    _validate_out_is_a_file, _train_out_under_a_file,
     _missing, _empty, _oversized_model, _truncated_ckpt, _corrupt_onnx, _truncated_onnx_inspect, _corrupt_pt2, _state_dict_mismatch,
     _nan_weights, _pickled_module, _unknown_model, _unknown_fusion, _unknown_format, _empty_folder, _one_class,
     _zero_byte_image, _unreadable_image, _class_missing_from_split, _npz_wrong_keys, _npz_wrong_shape,
