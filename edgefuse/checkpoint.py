@@ -93,8 +93,8 @@ def read_checkpoint(path: str | Path) -> dict:
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             raise CheckpointError(
                 f"{path} contains pickled Python objects (e.g. a whole nn.Module); loading it could run "
-                "arbitrary code, so it is refused. Save a state_dict checkpoint with `edgefuse train`, or "
-                "pass --trust-pickle only if you trust where the file came from"
+                "arbitrary code, so it is refused. Save a state_dict checkpoint with `edgefuse train`; export and "
+                "analyze accept such a file with --trust-pickle, only if you trust where it came from"
             ) from None
         raise CheckpointError(f"{path} is corrupt or not a PyTorch checkpoint ({_short(e)})") from None
     except Exception as e:  # torch.load raises many types on damaged input (IndexError, EOFError, ...)

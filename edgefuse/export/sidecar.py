@@ -77,5 +77,11 @@ def read_sidecar_metadata(artifact: str | Path) -> dict[str, str]:
         data = read_sidecar(artifact)
     except InputFileError:
         return {}
+    from edgefuse._versions import sha256_file
+
+    if data.get("sha256") and data["sha256"] != sha256_file(artifact):
+        # a contract that describes another build must not preprocess this one's inputs
+        raise InputFileError(f"{sidecar_path(artifact).name} belongs to another file (its sha256 differs from "
+                             f"{Path(artifact).name}'s): re-export, or copy the pair together")
     return contract_metadata(PreprocessContract.from_dict(data["contract"]), str(data.get("precision", "")),
                              str(data.get("versions", {}).get("edgefuse", "")))

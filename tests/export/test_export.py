@@ -114,7 +114,7 @@ def test_folded_weights_are_detected(exported, tmp_path):
     assert s["float_weights"] == before + 1 and conv.name in s["float_weight_nodes"]
 
 
-def test_reduce_mean_becomes_global_pool():
+def test_reduce_mean_becomes_global_pool(tmp_path):
     class M(torch.nn.Module):
         def forward(self, x):
             return x.mean((2, 3), keepdim=True) + x.mean((2, 3))[:, :, None, None]
@@ -123,9 +123,9 @@ def test_reduce_mean_becomes_global_pool():
 
     from edgefuse.export import export_onnx
 
-    path = "/tmp/_edgefuse_rm.onnx"
+    path = tmp_path / "rm.onnx"  # (never a fixed name in the shared temp folder: parallel runs collide)
     export_onnx(M(), (torch.randn(2, 3, 5, 5),), path)
-    m = onnx.load(path)
+    m = onnx.load(str(path))
     assert reduce_mean_to_global_pool(m) == 2
     assert "ReduceMean" not in {n.op_type for n in m.graph.node}
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])

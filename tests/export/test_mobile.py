@@ -137,6 +137,12 @@ def test_pte_without_its_sidecar_or_with_a_broken_one_is_a_clear_error(mobile, t
     (tmp_path / "m.pte.json").write_text("{not json")
     with pytest.raises(InputFileError, match="not a readable JSON sidecar"):
         describe_artifact(pte)
+    # the fp32 program's sidecar beside the int8 program: validate must not use another build's contract
+    from edgefuse.api import validate_files
+
+    shutil.copy(mobile["export"].out_dir / "model.fp32.pte.json", tmp_path / "m.pte.json")
+    with pytest.raises(InputFileError, match="belongs to another file"):
+        validate_files(pte, pte, data=None, runs=1)
 
 
 def test_pte_without_the_extra_is_a_one_line_error_and_writes_nothing(trained_checkpoint, tmp_path, monkeypatch, capsys):
