@@ -416,20 +416,19 @@ def export_model(
         return {"rank": dist.rank, "export": None, "report": None, "accuracy": {}}  # nothing to share
     from edgefuse.data import ImageDataset, load_data
     from edgefuse.errors import DataError, UsageError
-    from edgefuse.export import DEFAULT_OPSET, export_artifacts
+    from edgefuse.export import DEFAULT_OPSET
+    from edgefuse.export.artifacts import check_target, discard_staged, publish_artifacts, stage_artifacts
     from edgefuse.export.onnx import check_opset
     from edgefuse.limits import check_output_dir, check_run_flags
     from edgefuse.quantize import TensorBatches, quantize_ptq, quantize_qat
-    from edgefuse.validate import Budgets, validate_models, write_report
-    from edgefuse.validate.report import artifact_failures
+    from edgefuse.validate import Budgets
 
     out = Path(out_dir)
     # flags and the output folder first: refused in a second, not after quantizing
     opset = check_opset(opset or DEFAULT_OPSET)
     check_run_flags(threads=threads, runs=runs, batch=batch, input_size=(model_kwargs or {}).get("input_size"))
     check_output_dir(out)
-    if (out / "manifest.json").exists() and not force:
-        raise UsageError(f"{out} already holds exported artifacts; pass --force to replace them")
+    check_target(out, force)
     if "pte" in formats:
         from edgefuse.quantize.xnnpack import require_executorch
 
@@ -522,11 +521,31 @@ def export_model(
     check_inputs = None
     if test_ds is not None:
         check_inputs = torch.stack([test_ds[i][0] for i in range(min(16, len(test_ds)))])
-    exported = export_artifacts(model, contract, out, quantized=quantized, pte_quantized=pte_quantized,
-                                formats=formats, batch=batch, opset=opset, force=force,
-                                check_inputs=check_inputs, manifest_extra=manifest_extra)
-    result["export"] = exported
-    result["report"] = None
+    # Staged, validated and gated in a folder beside the previous set; published only with the verdict, so
+    # an interruption before it leaves the previous set as it was, and never an ungated one.
+    exported = stage_artifacts(model, contract, out, quantized=quantized, pte_quantized=pte_quantized,
+                               formats=formats, batch=batch, opset=opset, force=force,
+                               check_inputs=check_inputs, manifest_extra=manifest_extra)
+    try:
+        report = _gate_staged(exported, result, model, quantized, pte_quantized, test_ds, fb, eval_source, validate,
+                              int8, threads, runs, budgets, baseline, baseline_tolerance, progress)
+    except BaseException:
+        discard_staged(exported)
+        raise
+    result["export"] = publish_artifacts(exported, force=force, gate=None if report is None else {
+        "passed": report.passed, "failures": list(report.failures)})
+    result["report"] = report
+    return result
+
+
+def _gate_staged(exported, result, model, quantized, pte_quantized, test_ds, fb, eval_source, validate, int8,
+                 threads, runs, budgets, baseline, baseline_tolerance, progress):
+    """Validate every staged fp32/int8 pair in its runtime, compare each file with its PyTorch program and
+    write the reports into the staging folder (with the files' published paths); None without validation."""
+    from edgefuse.validate import validate_models, write_report
+    from edgefuse.validate.report import artifact_failures
+
+    report = None
     pairs = [(fmt, exported.path(fmt, "fp32"), exported.path(fmt, "int8")) for fmt in ("onnx", "ort", "pte")]
     pairs = [p for p in pairs if p[1] and p[2]]
     if validate and int8 and pairs:
@@ -564,9 +583,11 @@ def export_model(
                 report.failures.append(
                     f"the fp32 fallback could not bring the {fb.split}-split drop within budget: "
                     f"{100 * (fb.fp32_top1 - fb.after_top1):.2f} pp with {len(fb.kept_fp32)} module(s) in fp32")
-        write_report(report, out)
-        result["report"] = report
-    return result
+        for r in reports.values():  # the reports name the files where they will be, not the staging folder
+            for m in (r.fp32, r.int8):
+                m.file = str(exported.target / Path(m.file).name)
+        write_report(report, exported.out_dir)
+    return report
 
 
 def _accuracy_fallback(model, quantized, calib_ds, split, contract, quant_config, qat_config, budgets, progress, dist):

@@ -59,7 +59,7 @@ class ExportResult:
     """What :func:`export_artifacts` wrote.
 
     Attributes:
-        out_dir: the folder holding the artifacts and ``manifest.json``.
+        out_dir: the folder holding the artifacts and ``manifest.json`` (the staging folder while staged).
         artifacts: the files, with hashes and sizes.
         notes: what could not be produced, or was changed, and why.
         manifest: the manifest content.
@@ -69,6 +69,8 @@ class ExportResult:
     artifacts: list[Artifact]
     notes: list[str]
     manifest: dict
+    #: where a staged set (``out_dir`` is then its staging folder) will be published; None once published
+    target: Path | None = None
 
     def path(self, kind: str, precision: str) -> Path | None:
         for a in self.artifacts:
@@ -227,13 +229,34 @@ def verify_artifacts(out_dir: str | Path) -> VerifyResult:
                     problems.append(f"{name}: its sha256 does not match {side['file']}")
             except Exception:
                 problems.append(f"{name}: not a readable sidecar")
-    listed = {a.get("file") for a in entries} | {MANIFEST, "report.json", "report.md"}
+    listed = {a.get("file") for a in entries} | {MANIFEST, *REPORT_FILES}
     for p in sorted(out.iterdir()):
         if p.name.startswith(TEMP_PREFIX):
             warnings.append(f"{p.name}: temporary folder of an unfinished export")
-        elif p.is_file() and p.name.startswith("model.") and p.name not in listed:
+        elif p.name not in listed:
             warnings.append(f"{p.name}: not listed in the manifest")
+    gate = manifest.get("gate")
+    if isinstance(gate, dict) and gate.get("passed") is False:
+        problems.append("this set failed its gate when it was exported: " + "; ".join(map(str, gate.get("failures", []))))
     return VerifyResult(out, checked, problems, warnings)
+
+
+def check_target(out: Path, force: bool) -> None:
+    """Refuse, without ``force``, a folder holding a published set or the files of an unfinished/mixed one."""
+    if (out / MANIFEST).exists() and not force:
+        raise UsageError(f"{out} already holds exported artifacts; pass --force to replace them")
+    leftovers = _unvouched_files(out)
+    if leftovers and not force:
+        raise UsageError(f"{out} holds files of an unfinished or mixed export and no {MANIFEST} "
+                         f"({', '.join(leftovers[:3])}{', ...' if len(leftovers) > 3 else ''}): pass --force to replace them")
+
+
+def _unvouched_files(out: Path) -> list[str]:
+    """Files an export would have written, in a folder with no manifest: an unfinished or mixed set."""
+    if not out.is_dir() or (out / MANIFEST).exists():
+        return []
+    return sorted(p.name for p in out.iterdir() if p.is_file() and (
+        p.name.startswith("model.") or p.name in REPORT_FILES or p.name == "required_operators.config"))
 
 
 def _mobile_sidecar(tmp: Path, a: Artifact, contract: PreprocessContract, input_shape: list[int]) -> Artifact:
@@ -248,7 +271,13 @@ def _mobile_sidecar(tmp: Path, a: Artifact, contract: PreprocessContract, input_
     return Artifact(path.name, "sidecar", a.precision, details={"for": a.file})
 
 
-def export_artifacts(
+def export_artifacts(model: nn.Module, contract: PreprocessContract, out_dir: str | Path, *, force: bool = False,
+                     **kwargs) -> ExportResult:
+    """:func:`stage_artifacts` then :func:`publish_artifacts`: build, check and move into ``out_dir`` (same args)."""
+    return publish_artifacts(stage_artifacts(model, contract, out_dir, force=force, **kwargs), force=force)
+
+
+def stage_artifacts(
     model: nn.Module,
     contract: PreprocessContract,
     out_dir: str | Path,
@@ -263,7 +292,11 @@ def export_artifacts(
     check_inputs: torch.Tensor | None = None,
     manifest_extra: dict | None = None,
 ) -> ExportResult:
-    """Export fp32 (and, given ``quantized``, int8) artifacts of ``model`` into ``out_dir``.
+    """Build and check fp32 (and, given ``quantized``, int8) artifacts of ``model`` in a staging folder inside
+    ``out_dir``; :func:`publish_artifacts` moves them into place (after the gate, for ``export``).
+
+    The result's ``out_dir`` is the staging folder until published (``target`` is where they go). Nothing
+    in ``out_dir`` itself changes here, so a kill or a failed check leaves the previous set as it was.
 
     Args:
         model: the fp32 model (eval mode is set).
@@ -296,8 +329,7 @@ def export_artifacts(
         require_executorch()
     if out.exists() and not out.is_dir():
         raise UsageError(f"output {out} exists and is not a folder")
-    if (out / MANIFEST).exists() and not force:
-        raise UsageError(f"{out} already holds exported artifacts; pass --force to replace them")
+    check_target(out, force)
     try:
         out.mkdir(parents=True, exist_ok=True)
         _remove_stale_temp(out)
@@ -399,26 +431,55 @@ def export_artifacts(
             "notes": notes,
             **(manifest_extra or {}),
         }
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(tmp, arts, notes, manifest, target=out)
+
+
+#: Files a published folder may hold beside the manifest's artifacts (the gate's reports).
+REPORT_FILES = ("report.json", "report.md")
+
+
+def discard_staged(staged: ExportResult) -> None:
+    """Remove a staged set that will not be published (an error or an interruption before the verdict)."""
+    if staged.target is not None:
+        shutil.rmtree(staged.out_dir, ignore_errors=True)
+
+
+def publish_artifacts(staged: ExportResult, *, force: bool = False, gate: dict | None = None) -> ExportResult:
+    """Move a staged set (and any report files staged beside it) into its target folder, manifest last.
+
+    ``gate`` (the verdict: ``passed``, ``failures``) is recorded in the manifest, so ``verify`` tells a
+    set that failed its gate from one that passed. The previous set loses its manifest first, so no
+    moment has a manifest vouching for mixed files; a kill inside the move leaves no manifest, which the
+    next export refuses without ``--force`` and ``verify`` reports.
+    """
+    if staged.target is None:
+        return staged
+    tmp, out, arts = staged.out_dir, staged.target, staged.artifacts
+    manifest = staged.manifest
+    try:
+        if gate is not None:
+            manifest = {**manifest, "gate": gate}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        # Move into place: artifacts first, the manifest (which vouches for them) last. A replaced
-        # set loses its manifest first, so no moment has a manifest vouching for mixed files.
-        previous: list[str] = []
-        if force and (out / MANIFEST).exists():
+        if (out / MANIFEST).exists() and not force:
+            raise UsageError(f"{out} already holds exported artifacts; pass --force to replace them")
+        previous: list[str] = _unvouched_files(out)  # (--force) a manifest-less set's files go too
+        if (out / MANIFEST).exists():
             try:
                 previous = [a["file"] for a in json.loads((out / MANIFEST).read_text())["artifacts"]]
             except Exception:
                 previous = []
             (out / MANIFEST).unlink()
-            for stale in ("report.json", "report.md"):
-                (out / stale).unlink(missing_ok=True)
-        for a in arts:
-            os.replace(tmp / a.file, out / a.file)
+        for stale in REPORT_FILES:
+            (out / stale).unlink(missing_ok=True)
+        for name in [a.file for a in arts] + [r for r in REPORT_FILES if (tmp / r).exists()]:
+            os.replace(tmp / name, out / name)
         os.replace(tmp / MANIFEST, out / MANIFEST)
         for name in set(previous) - {a.file for a in arts}:
             if name and Path(name).name == name:
                 (out / name).unlink(missing_ok=True)
-    except BaseException:
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(tmp, ignore_errors=True)
-    return ExportResult(out, arts, notes, manifest)
+    return ExportResult(out, arts, staged.notes, manifest)
