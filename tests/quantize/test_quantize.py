@@ -155,3 +155,24 @@ def test_mode_switches_keep_batch_norm_eps_and_reach_every_mode_op(tmp_path):
     modes = {str(n.target): n.args[5 if "batch_norm" in str(n.target) else 2] for n in gm.graph.nodes
              if "batch_norm" in str(n.target) or "dropout" in str(n.target)}
     assert modes == {"aten.batch_norm.default": False, "aten.dropout_.default": True}, modes
+
+
+def test_small_activations_keep_their_resolution():
+    """Activations far below 1 (random-init torchvision MobileNetV3: 1e-4 at the logits) are quantized with
+    their own range: a 2**-12 scale floor once rounded them all to zero (0 dB against fp32)."""
+    from edgefuse.quantize import TensorBatches, quantize_ptq
+    from edgefuse.validate.metrics import sqnr_db
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                            torch.nn.Linear(8 * 6 * 6, 10)).eval()
+    with torch.no_grad():
+        m[0].bias.zero_()
+        m[3].bias.zero_()
+    data = [(torch.randn(1, 8, 8) * 1e-3, 0) for _ in range(64)]  # every activation ~1e-3
+    q = quantize_ptq(m, TensorBatches(data, 64))
+    x = torch.stack([d[0] for d in data])
+    with torch.no_grad():
+        ref, got = m(x), q.program(x)
+    assert float(ref.abs().max()) < 0.01
+    assert sqnr_db(ref.numpy(), got.numpy()) > 25
