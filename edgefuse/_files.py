@@ -35,3 +35,23 @@ def check_input_file(path: str | Path, what: str = "model file", max_bytes: int 
         raise InputFileError(f"{what} {path} is {size:,} bytes, over the {max_bytes >> 20} MiB limit: not a model "
                              "edgefuse can load (wrong file?)")
     return path
+
+
+#: Largest inflated size of a zip-based model file (``model.pt``, ``.pt2``): twice the model-file limit.
+MAX_UNCOMPRESSED_BYTES = 4 << 30
+
+
+def check_zip_size(path: Path, limit: int | None = None) -> None:
+    """Refuse a zip archive whose members inflate past ``limit`` (a small file can hold a 4 GiB member),
+    from its directory alone, before anything is inflated. Non-zip files pass."""
+    import zipfile
+
+    limit = MAX_UNCOMPRESSED_BYTES if limit is None else limit
+    try:
+        with zipfile.ZipFile(path) as z:
+            total = sum(i.file_size for i in z.infolist())
+    except (zipfile.BadZipFile, OSError):
+        return  # not a zip: the loader reports what it is
+    if total > limit:
+        raise InputFileError(f"{path} inflates to {total / 2**30:.1f} GiB (limit {limit / 2**30:.0f} GiB); "
+                             "refused before inflating it")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from edgefuse.data.contract import PreprocessContract
-from edgefuse._files import check_input_file
+from edgefuse._files import check_input_file, check_zip_size
 from edgefuse.errors import CheckpointError, EdgefuseError
 
 FORMAT = "edgefuse.checkpoint"
@@ -87,6 +87,7 @@ def _plain(obj):
 def read_checkpoint(path: str | Path) -> dict:
     """Load the raw checkpoint dict safely (``weights_only=True``), with one-line errors."""
     path = check_input_file(path)
+    check_zip_size(path)  # before torch inflates a member
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -17,10 +17,9 @@ import json
 import zipfile
 from pathlib import Path
 
+from edgefuse._files import MAX_UNCOMPRESSED_BYTES, check_zip_size
 from edgefuse.errors import CheckpointError
 
-#: Largest inflated size of the whole archive (the model-file limit, uncompressed).
-MAX_UNCOMPRESSED_BYTES = 4 << 30
 _PICKLE_OBJECT_PREFIXES = ("custom_obj_", "opaque_obj_")
 
 
@@ -44,10 +43,7 @@ def audit_pt2(path: str | Path, *, trust_pickle: bool = False) -> None:
         raise CheckpointError(f"{path} is corrupt or not a torch.export archive ({e})") from None
     with z:
         infos = z.infolist()
-        total = sum(i.file_size for i in infos)
-        if total > MAX_UNCOMPRESSED_BYTES:
-            raise CheckpointError(f"{path} inflates to {total / 2**30:.1f} GiB (limit "
-                                  f"{MAX_UNCOMPRESSED_BYTES / 2**30:.0f} GiB); refused before inflating it")
+        check_zip_size(path, MAX_UNCOMPRESSED_BYTES)
         if trust_pickle:
             return
         names = {i.filename for i in infos}

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from edgefuse.api import load_model_source
-from edgefuse.errors import CheckpointError
+from edgefuse.errors import CheckpointError, InputFileError
 from edgefuse.models import create_model
 from edgefuse.pt2_audit import audit_pt2
 
@@ -119,5 +119,17 @@ def test_a_clean_pt2_passes_the_audit_and_an_inflation_bomb_does_not(good_pt2, t
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("m/data/weights/weight_0", b"\0" * (64 << 20))  # 64 MiB of zeros: ~64 KB on disk
     assert bomb.stat().st_size < 1 << 20
-    with pytest.raises(CheckpointError, match="inflates to"):
+    with pytest.raises(InputFileError, match="inflates to"):
         audit_pt2(bomb, trust_pickle=True)
+
+
+def test_a_model_pt_zip_bomb_is_refused_before_inflating(tmp_path, monkeypatch):
+    import edgefuse._files as files
+    from edgefuse.checkpoint import read_checkpoint
+
+    monkeypatch.setattr(files, "MAX_UNCOMPRESSED_BYTES", 32 << 20)
+    bomb = tmp_path / "model.pt"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", b"\0" * (64 << 20))
+    with pytest.raises(InputFileError, match="inflates to"):
+        read_checkpoint(bomb)
