@@ -523,17 +523,20 @@ def export_model(
         check_inputs = torch.stack([test_ds[i][0] for i in range(min(16, len(test_ds)))])
     # Staged, validated and gated in a folder beside the previous set; published only with the verdict, so
     # an interruption before it leaves the previous set as it was, and never an ungated one.
-    exported = stage_artifacts(model, contract, out, quantized=quantized, pte_quantized=pte_quantized,
-                               formats=formats, batch=batch, opset=opset, force=force,
-                               check_inputs=check_inputs, manifest_extra=manifest_extra)
+    # (one try from staging to publishing: a signal between two steps must not leave the staging folder)
+    exported = None
     try:
+        exported = stage_artifacts(model, contract, out, quantized=quantized, pte_quantized=pte_quantized,
+                                   formats=formats, batch=batch, opset=opset, force=force,
+                                   check_inputs=check_inputs, manifest_extra=manifest_extra)
         report = _gate_staged(exported, result, model, quantized, pte_quantized, test_ds, fb, eval_source, validate,
                               int8, threads, runs, budgets, baseline, baseline_tolerance, progress)
+        result["export"] = publish_artifacts(exported, force=force, gate=None if report is None else {
+            "passed": report.passed, "failures": list(report.failures)})
     except BaseException:
-        discard_staged(exported)
+        if exported is not None:
+            discard_staged(exported)
         raise
-    result["export"] = publish_artifacts(exported, force=force, gate=None if report is None else {
-        "passed": report.passed, "failures": list(report.failures)})
     result["report"] = report
     return result
 

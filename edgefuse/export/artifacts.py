@@ -330,12 +330,6 @@ def stage_artifacts(
     if out.exists() and not out.is_dir():
         raise UsageError(f"output {out} exists and is not a folder")
     check_target(out, force)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temp(out)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=out))
-    except OSError as e:
-        raise UsageError(f"cannot write to {out}: {e.strerror or e}") from None
     model.eval()
     example = torch.zeros((batch or 1, *contract.input_shape[1:]))
     mobile_batch = batch or 1
@@ -350,6 +344,18 @@ def stage_artifacts(
     # ORT files are converted from the ONNX files: build those even when only "ort" ships.
     build = [f for f in FORMATS if f in formats or (f == "onnx" and "ort" in formats)]
     try:
+        out.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temp(out)
+    except OSError as e:
+        raise UsageError(f"cannot write to {out}: {e.strerror or e}") from None
+    tmp = None
+    # The staging folder is created inside the try whose handler removes it: a signal (Ctrl-C/SIGTERM raise
+    # here) arriving right after mkdtemp must not leave it behind, as it did under load.
+    try:
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=out))
+        except OSError as e:
+            raise UsageError(f"cannot write to {out}: {e.strerror or e}") from None
         for fmt in build:
             if fmt == "onnx":
                 for precision, module in variants:
@@ -432,7 +438,8 @@ def stage_artifacts(
             **(manifest_extra or {}),
         }
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ExportResult(tmp, arts, notes, manifest, target=out)
 
