@@ -171,13 +171,14 @@ def describe_artifact(path: str | Path) -> dict:
         if suffix == ".onnx":
             import onnx
 
+            from edgefuse.export.onnx import opset_of
             from edgefuse.export.onnx_checks import weight_summary
 
             try:
                 model = onnx.load(str(p), load_external_data=False)
             except Exception as e:
                 raise InputFileError(f"{p}: not a readable ONNX file ({type(e).__name__})") from None
-            info["opset"] = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+            info["opset"] = opset_of(model)
             w = weight_summary(model)
             info["weights"] = {"int8": w["int8_weights"], "fp32": w["float_weights"]}
         info["edgefuse"] = meta.get("edgefuse.version", "")

@@ -52,7 +52,7 @@ def audit_pt2(path: str | Path, *, trust_pickle: bool = False) -> None:
             base = name.rsplit("/", 1)[-1]
             if base.startswith(_PICKLE_OBJECT_PREFIXES) and "/data/constants/" in f"/{name}":
                 raise _refuse(path, name, "is a pickled Python object (a custom or opaque constant)")
-            if "/data/sample_inputs/" in f"/{name}" or name.startswith("data/sample_inputs/"):
+            if "/data/sample_inputs/" in f"/{name}":
                 pickled.append(name)
             if base in ("model_weights_config.json", "model_constants_config.json") or (
                     base.endswith("_config.json") and ("/data/weights/" in f"/{name}" or "/data/constants/" in f"/{name}")):

@@ -21,7 +21,7 @@ from edgefuse._quiet import quiet
 from edgefuse._versions import cpu_name, sha256_file, versions
 from edgefuse.data.contract import PreprocessContract
 from edgefuse.errors import ExportError, UsageError
-from edgefuse.export.onnx import DEFAULT_OPSET, export_onnx
+from edgefuse.export.onnx import DEFAULT_OPSET, export_onnx, opset_of
 from edgefuse.export.sidecar import contract_metadata
 from edgefuse.export.onnx_checks import (
     compact,
@@ -92,7 +92,7 @@ def parse_formats(spec: str | list[str]) -> tuple[str, ...]:
 def _finish_onnx(path: Path, contract: PreprocessContract, precision: str, simplify: bool, notes: list[str]) -> dict:
     model = onnx.load(str(path))
     strip_debug_metadata(model)
-    details: dict = {"opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)}
+    details: dict = {"opset": opset_of(model)}
     before = weight_summary(model)
     if simplify:
         try:

@@ -39,6 +39,7 @@ def export_onnx(
         ExportError: the exporter failed; the message names the first cause.
     """
     path = Path(path)
+    check_opset(opset)  # before the export, not after it
     n = len(example_inputs)
     input_names = input_names or (["input"] if n == 1 else [f"input_{i}" for i in range(n)])
     dynamic_shapes = None
@@ -61,6 +62,11 @@ def export_onnx(
     return path
 
 
+def opset_of(model) -> int | None:
+    """The default-domain opset an ONNX ``ModelProto`` declares."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 def check_opset(opset: int) -> int:
     """Raise :class:`UsageError` for an opset edgefuse cannot write (call before any work)."""
     if not MIN_OPSET <= int(opset) <= MAX_OPSET:
@@ -75,9 +81,8 @@ def _convert_opset(path: Path, opset: int) -> None:
     import onnx
     from onnx import version_converter
 
-    check_opset(opset)
     model = onnx.load(str(path))
-    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    current = opset_of(model)
     if current == opset:
         return
     try:
@@ -86,7 +91,7 @@ def _convert_opset(path: Path, opset: int) -> None:
     except Exception as e:
         cause = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise ExportError(f"cannot write opset {opset} (exported at {current}): {cause[:200]}") from None
-    got = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    got = opset_of(model)
     if got != opset:
         raise ExportError(f"the opset converter wrote opset {got}, not {opset}")
     onnx.save(model, str(path))
