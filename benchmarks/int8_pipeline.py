@@ -23,7 +23,7 @@ from edgefuse.data import ImageDataset, PreprocessContract, load_data, norm_stat
 from edgefuse.export import export_artifacts
 from edgefuse.models import create_model
 from edgefuse.quantize import QATConfig, TensorBatches, quantize_ptq, quantize_qat
-from edgefuse.training import TrainConfig, evaluate, train
+from edgefuse.training import TrainConfig, train
 from edgefuse.validate import OrtModel, cpu_name, interleaved_latency
 from edgefuse.validate.metrics import agreement, topk_accuracy
 
@@ -89,7 +89,7 @@ def main() -> None:
         results.append(r)
         print(json.dumps(r), flush=True)
     hdr = ("| model | fusion | fp32 top-1 | PTQ top-1 | QAT top-1 | PTQ agree | ORT vs PyTorch int8 | size int8/fp32 "
-           f"| fp32 ms @224 | int8 ms @224 | int8 speed-up |")
+           "| fp32 ms @224 | int8 ms @224 | int8 speed-up |")
     print(f"\nCPU: {cpu_name()}, onnxruntime {args.threads} thread(s), batch 1, {args.runs} interleaved runs, "
           f"digits test split ({len(labels)} images)\n")
     print(hdr)

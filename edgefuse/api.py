@@ -255,6 +255,52 @@ def _check_pt2_batch_range(path: Path, program, batch) -> None:
             "dynamic_shapes=({0: torch.export.Dim('batch')},) (no min/max)")
 
 
+def _import_factory(factory: str):
+    """Import ``package.module:function``, looking in the current folder first (as uvicorn/gunicorn do for
+    an app path): a user's model code usually sits beside their weights, not in an installed package."""
+    import importlib
+    import os
+    import sys
+
+    from edgefuse.errors import UsageError
+
+    mod_name, _, fn_name = factory.partition(":")
+    if not mod_name or not fn_name:
+        raise UsageError(f"--factory must look like package.module:function, got {factory!r}")
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise UsageError(
+            f"cannot import factory {factory}: {e}; edgefuse imports it from the current folder ({cwd}) and the "
+            f"installed packages: run edgefuse from the folder holding {mod_name.split('.')[0]}/ or "
+            f"{mod_name.split('.')[0]}.py, or add that folder to PYTHONPATH") from None
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise UsageError(f"cannot import factory {factory}: {mod_name} has no function {fn_name!r}")
+    return fn
+
+
+def _loads_weights_only(path: Path) -> bool:
+    """Whether ``path`` unpickles with ``weights_only=True`` (then ``--trust-pickle`` is not needed for it)."""
+    import torch
+
+    from edgefuse._files import check_zip_size
+
+    check_zip_size(path)
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return True
+
+
 def load_model_source(
     source: str | Path,
     *,
@@ -274,8 +320,6 @@ def load_model_source(
     pickled members are not weights-only (pickles can run arbitrary code while loading; without the flag
     such files are refused before anything runs, see :mod:`edgefuse.pt2_audit`).
     """
-    import importlib
-
     import torch
 
     from edgefuse.checkpoint import _short, load_checkpoint
@@ -286,14 +330,15 @@ def load_model_source(
     path = check_input_file(source)
     info = {"source": str(path)}
     if factory:
-        mod_name, _, fn_name = factory.partition(":")
-        if not mod_name or not fn_name:
-            raise UsageError(f"--factory must look like package.module:function, got {factory!r}")
+        # The contract flags are checked before any of the user's code runs.
+        contract = _contract_from_flags(None, input_size, channels, mean, std, None)
+        fn = _import_factory(factory)
         try:
-            fn = getattr(importlib.import_module(mod_name), fn_name)
-        except (ImportError, AttributeError) as e:
-            raise UsageError(f"cannot import factory {factory}: {e}") from None
-        model = fn()
+            model = fn()
+        except Exception as e:  # the user's code: its failure is input to report, not an internal error
+            raise UsageError(f"--factory {factory}() raised {type(e).__name__}: {_short(e)}") from None
+        if not isinstance(model, torch.nn.Module):
+            raise UsageError(f"--factory {factory}() returned a {type(model).__name__}, not an nn.Module")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
@@ -305,8 +350,9 @@ def load_model_source(
         except Exception as e:
             raise CheckpointError(f"{path}: state_dict does not match {factory}() ({_short(e)})") from None
         info["factory"] = factory
-        return model.eval(), _contract_from_flags(None, input_size, channels, mean, std, None), info
+        return model.eval(), contract, info
     if path.suffix == ".pt2":
+        contract = _contract_from_flags(None, input_size, channels, mean, std, None)
         from edgefuse._quiet import quiet
         from edgefuse.pt2_audit import audit_pt2
 
@@ -331,10 +377,12 @@ def load_model_source(
 
         # An exported program's module refuses .eval(); this switches its dropout/batch-norm ops.
         module = allow_train_eval(program.module())
-        return module, _contract_from_flags(None, input_size, channels, mean, std, None), info
-    if trust_pickle:
+        return module, contract, info
+    if trust_pickle and not _loads_weights_only(path):
         from torch import nn
 
+        # A pickle needs --input-size/--channels: say so before the user's pickle runs.
+        contract = _contract_from_flags(None, input_size, channels, mean, std, None)
         try:
             # The user vouched for this file: a full pickle may run code while it loads.
             obj = torch.load(path, map_location="cpu", weights_only=False)
@@ -342,7 +390,7 @@ def load_model_source(
             raise CheckpointError(f"{path} is corrupt or not a PyTorch file ({_short(e)})") from None
         if isinstance(obj, nn.Module):
             info.update({"format": "pickled nn.Module (--trust-pickle)", "trust_pickle": True})
-            return obj.eval(), _contract_from_flags(None, input_size, channels, mean, std, None), info
+            return obj.eval(), contract, info
         if not (isinstance(obj, dict) and obj.get("format") == "edgefuse.checkpoint"):
             raise CheckpointError(f"{path} holds a {type(obj).__name__}, not an nn.Module or an edgefuse model.pt")
     loaded = load_checkpoint(path)
@@ -415,7 +463,7 @@ def export_model(
     """
     if dist.enabled and not dist.is_main and qat_config is None:
         return {"rank": dist.rank, "export": None, "report": None, "accuracy": {}}  # nothing to share
-    from edgefuse.data import ImageDataset, load_data
+    from edgefuse.data import ImageDataset, check_same_classes, load_data
     from edgefuse.errors import DataError, UsageError
     from edgefuse.export import DEFAULT_OPSET
     from edgefuse.export.artifacts import check_target, discard_staged, publish_artifacts, stage_artifacts
@@ -448,9 +496,7 @@ def export_model(
         splits[src] = load_data(src, seed=seed)
     if eval_source:
         names = splits[eval_source].class_names
-        if contract.class_names and tuple(contract.class_names) != tuple(names):
-            raise DataError(f"the data's classes ({', '.join(names[:5])}...) differ from the model's "
-                            f"({', '.join(contract.class_names[:5])}...)")
+        check_same_classes(contract.class_names, names, eval_source)
         if not contract.class_names:
             from dataclasses import replace
 
@@ -719,8 +765,7 @@ def validate_files(
     """``edgefuse validate``: compare two model files (``.onnx``/``.ort`` or ``.pte``) on labelled data; write
     reports if ``out_dir``."""
 
-    from edgefuse.data import ImageDataset, PreprocessContract, load_data
-    from edgefuse.errors import UsageError
+    from edgefuse.data import ImageDataset, PreprocessContract, check_same_classes, load_data
     from edgefuse.validate import Budgets, validate_models, write_report
     from edgefuse.validate.runtime import load_runtime
 
@@ -740,8 +785,7 @@ def validate_files(
     dataset = None
     if data:
         splits = load_data(data, seed=seed)
-        if contract.class_names and tuple(contract.class_names) != splits.class_names:
-            raise UsageError(f"the data's classes differ from the model's ({', '.join(contract.class_names[:5])}...)")
+        check_same_classes(contract.class_names, splits.class_names, data)
         dataset = ImageDataset(splits.split(split), contract)
     report = validate_models(fp32, int8, dataset, threads=threads, runs=runs, budgets=budgets or Budgets(),
                              data_info={"source": data, "split": split}, progress=progress,

@@ -103,7 +103,8 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not an edgefuse model.pt (no '{FORMAT}' marker); for other models use a "
-            ".pt2 torch.export archive or --factory module:function with --weights"
+            ".pt2 torch.export archive, or pass a state_dict file as the model with --factory package.module:function "
+            "(a function that builds the network)"
         )
     if int(ckpt.get("format_version", 0)) > FORMAT_VERSION:
         raise CheckpointError(

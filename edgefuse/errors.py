@@ -46,6 +46,15 @@ class ExportError(EdgefuseError, RuntimeError):
     exit_code = 1
 
 
+class UnsupportedModelError(ExportError):
+    """A converter (ONNX exporter, ExecuTorch lowering, ORT conversion, TorchScript) cannot express this model.
+
+    Exit 2, like other input the tool cannot take: nothing was produced, so there is nothing to gate.
+    """
+
+    exit_code = 2
+
+
 class VerifyFailed(EdgefuseError):
     """Files in an artifact folder do not match its manifest (changed, truncated or missing)."""
 
@@ -56,3 +65,13 @@ class GateFailed(EdgefuseError):
     """A validation budget (accuracy drop, latency ratio) was exceeded."""
 
     exit_code = 1
+
+
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (the next one too when the first ends with ':', as in
+    "operators with mismatched dtypes:"), or its type name when it has none."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    text = lines[0] + (" " + lines[1] if lines[0].endswith(":") and len(lines) > 1 else "")
+    return text[:limit]

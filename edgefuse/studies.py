@@ -91,7 +91,7 @@ def analyze_model(
     import torch
 
     from edgefuse.api import gate_log_path, load_model_source
-    from edgefuse.data import ImageDataset, load_data
+    from edgefuse.data import ImageDataset, check_same_classes, load_data
     from edgefuse.errors import DataError, UsageError
     import copy
 
@@ -110,8 +110,7 @@ def analyze_model(
         raise UsageError("--samples must be >= 1")
     model, contract, info = load_model_source(source, **(model_kwargs or {}))
     splits = load_data(data, seed=seed)
-    if contract.class_names and tuple(contract.class_names) != tuple(splits.class_names):
-        raise DataError("the data's classes differ from the model's")
+    check_same_classes(contract.class_names, splits.class_names, data)
     if quant_config is None:
         from edgefuse.quantize.targets import quant_config_for
 

@@ -13,7 +13,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from edgefuse.blocks import ATTENTION_MODULES, Gate
+from edgefuse.blocks import ATTENTION_MODULES
+from edgefuse.blocks.gates import is_gate
 from edgefuse.data import DataSplits, ImageDataset, PreprocessContract
 from edgefuse.distributed import EpochShards
 from edgefuse.errors import UsageError
@@ -119,11 +120,12 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 256) -> float:
 
 
 class GateMonitor:
-    """Records the outputs of every :class:`Gate` in a model while attached (the seed's "monitor the
-    attention weights"): mean, std, a 10-bin histogram over [0, 1] and the saturated share."""
+    """Records the outputs of every attention gate in a model while attached (an edgefuse ``Gate``, or
+    a user network's ``nn.Sigmoid``/``nn.Hardsigmoid`` gate module, see :func:`edgefuse.blocks.gates.is_gate`):
+    mean, std, a 10-bin histogram over [0, 1] and the saturated share, as SE and CBAM papers inspect them."""
 
     def __init__(self, model: nn.Module, max_values: int = 200_000) -> None:
-        self.gates = {n: m for n, m in model.named_modules() if isinstance(m, Gate)}
+        self.gates = {n: m for n, m in model.named_modules() if is_gate(m)}
         self.max_values = max_values
         self._values: dict[str, list[torch.Tensor]] = {}
         self._handles: list = []

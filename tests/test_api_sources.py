@@ -1,6 +1,5 @@
 """Model sources other than model.pt: torch.export archives and factory + weights."""
 
-import os
 import subprocess
 import sys
 

@@ -129,3 +129,108 @@ def test_cli_never_crashes_on_random_arguments(cmd, args, capsys):
     err = capsys.readouterr().err
     assert e.value.code in (0, 1, 2), err
     assert "Traceback" not in err and "internal error" not in err, err
+
+
+# JSON values of any shape: what a damaged or hand-edited manifest, sidecar or report holds.
+_json = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False), st.text(max_size=8)),
+    lambda kids: st.one_of(st.lists(kids, max_size=4), st.dictionaries(st.text(max_size=8), kids, max_size=4)),
+    max_leaves=12)
+# ... near-valid ones reach deeper: the real keys with values of any shape.
+_manifests = st.fixed_dictionaries(
+    {"schema": st.sampled_from(["edgefuse.manifest", "x"])},
+    optional={"artifacts": st.lists(st.one_of(_json, st.fixed_dictionaries(
+        {}, optional={"file": st.one_of(st.sampled_from(["model.fp32.onnx", "a/../b", "x\x00y", "..", 5, ["a"], None]),
+                                        _json),
+                      "bytes": _json, "sha256": _json, "kind": st.sampled_from(["sidecar", "onnx", None])})),
+        max_size=3),
+        "gate": st.one_of(_json, st.fixed_dictionaries({"passed": st.just(False), "failures": _json}))})
+FUZZ_MORE = settings(FUZZ, max_examples=150)
+
+
+@FUZZ_MORE
+@given(manifest=st.one_of(_manifests, _json), extra=st.sampled_from([None, b"", b"{}", b"\x00\xff"]))
+def test_verify_on_random_manifests(tmp_path, manifest, extra):
+    import json
+    import shutil
+
+    from edgefuse.export import verify_artifacts
+
+    out = tmp_path / "build"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    if extra is not None:
+        (out / "model.fp32.onnx").write_bytes(extra)
+        (out / "model.fp32.onnx.json").write_bytes(extra)
+    try:
+        res = verify_artifacts(out)
+    except EdgefuseError:
+        return
+    assert isinstance(res.problems, list) and isinstance(res.warnings, list)
+
+
+_CONTRACT = {"input_size": 8, "channels": 1, "mean": [0.0], "std": [1.0]}
+
+
+@FUZZ_MORE
+@given(sidecar=st.one_of(_json, st.fixed_dictionaries(
+    {"schema": st.just("edgefuse.sidecar")}, optional={"contract": st.one_of(st.just(_CONTRACT), _json),
+                                                        "sha256": _json, "precision": _json, "versions": _json})),
+       raw=st.one_of(st.none(), st.binary(max_size=64)))
+def test_sidecar_reader_on_random_json(tmp_path, sidecar, raw):
+    import json
+
+    from edgefuse.export.sidecar import SIDECAR_SCHEMA, read_sidecar_metadata
+
+    if isinstance(sidecar, dict) and sidecar.get("schema") == "edgefuse.sidecar":
+        sidecar["schema"] = SIDECAR_SCHEMA
+    art = _write(tmp_path, "m.pte", b"\x00" * 16)
+    side = tmp_path / "m.pte.json"
+    if raw is not None:
+        side.write_bytes(raw)
+    else:
+        side.write_text(json.dumps(sidecar))
+    try:
+        meta = read_sidecar_metadata(art)
+    except EdgefuseError:
+        return
+    assert isinstance(meta, dict)
+
+
+_num = st.one_of(_json, st.floats(-2, 2), st.just(float("nan")), st.just(float("inf")))
+
+
+@FUZZ_MORE
+@given(report=st.one_of(_json, st.fixed_dictionaries(
+    {"schema": st.just("edgefuse.report")},
+    optional={"models": st.one_of(_json, st.fixed_dictionaries({"int8": st.fixed_dictionaries({"top1": _num})})),
+              "comparison": st.one_of(_json, st.fixed_dictionaries({"latency_ratio": _num})),
+              "data": st.one_of(_json, st.fixed_dictionaries({"samples": _num}, optional={"source": _json}))})),
+       raw=st.one_of(st.none(), st.binary(max_size=64)))
+def test_baseline_reader_on_random_json(tmp_path, report, raw):
+    import json
+
+    from edgefuse.validate.report import REPORT_SCHEMA
+    from edgefuse.validate.stats import baseline_failures, load_baseline
+
+    if isinstance(report, dict) and report.get("schema") == "edgefuse.report":
+        report["schema"] = REPORT_SCHEMA
+    p = tmp_path / "old.json"
+    p.write_bytes(raw) if raw is not None else p.write_text(json.dumps(report))
+    try:
+        base = load_baseline(p)
+        baseline_failures(base, int8_top1=0.9, latency_ratio=0.5, samples=10, source="digits")
+    except EdgefuseError:
+        return
+
+
+@FUZZ
+@given(data=st.tuples(st.sampled_from([b"", b"\x00\x00\x00\x00ET12", b"\x1c\x00\x00\x00ET12\x00\x00"]),
+                      st.binary(max_size=512)).map(lambda t: t[0] + t[1]))
+def test_pte_loader_on_random_bytes(tmp_path, data):
+    pytest.importorskip("executorch")
+    from edgefuse.validate.runtime import load_runtime
+
+    with pytest.raises(EdgefuseError):
+        load_runtime(_write(tmp_path, "m.pte", data))

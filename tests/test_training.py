@@ -53,6 +53,28 @@ def test_gate_monitor_sees_all_gates():
     assert all(abs(s["mean"] - 0.5) < 1e-6 for s in stats.values())  # fresh SE gates are exactly 0.5
 
 
+class _HandWrittenSE(torch.nn.Module):
+    """SE as blog posts write it (Hu et al., 2018): nn.Sigmoid as the gate, as torchvision/timm do too."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.fc = torch.nn.Sequential(torch.nn.Linear(c, c // 4), torch.nn.ReLU(), torch.nn.Linear(c // 4, c))
+        self.sigmoid = torch.nn.Sigmoid()
+
+    def forward(self, x):
+        return x * self.sigmoid(self.fc(x.mean((2, 3)))).view(x.shape[0], -1, 1, 1)
+
+
+def test_gate_monitor_finds_a_users_sigmoid_and_hardsigmoid_gates():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), _HandWrittenSE(), torch.nn.Conv2d(8, 8, 1),
+                              torch.nn.Hardsigmoid(), torch.nn.ReLU())
+    with GateMonitor(net) as mon:
+        net(torch.randn(4, 1, 8, 8))
+    stats = mon.stats()
+    assert set(stats) == {"1.sigmoid", "3"}  # the ReLU is not a gate
+    assert stats["1.sigmoid"]["std"] > 0 and sum(stats["1.sigmoid"]["hist"]) == 4 * 8
+
+
 def test_macs_count_convs():
     m = torch.nn.Conv2d(1, 4, 3, padding=1, bias=False)
     assert count_macs(m, (1, 1, 8, 8)) == 4 * 9 * 64

@@ -12,6 +12,20 @@ from edgefuse.errors import UnknownNameError
 GATES = ("sigmoid", "hard_sigmoid")
 
 
+#: Other libraries' modules that are attention gates when a network holds them as modules: ``nn.Sigmoid`` /
+#: ``nn.Hardsigmoid`` (torchvision's ``SqueezeExcitation.scale_activation``, hand-written SE/CBAM blocks,
+#: timm's ``create_act_layer("sigmoid")``) and timm's own wrappers of the same functions.
+FOREIGN_GATE_TYPES: tuple[type, ...] = (nn.Sigmoid, nn.Hardsigmoid)
+FOREIGN_GATE_NAMES = frozenset({"HardSigmoid", "HardSigmoidMe", "Sigmoid", "SigmoidMe"})
+
+
+def is_gate(module: nn.Module) -> bool:
+    """Whether ``module`` is an attention gate: an edgefuse :class:`Gate`, or a sigmoid / hard-sigmoid
+    module of the user's network (a CNN holds those as modules only to turn attention logits into weights)."""
+    return (isinstance(module, (Gate, *FOREIGN_GATE_TYPES))
+            or type(module).__name__ in FOREIGN_GATE_NAMES)
+
+
 class Gate(nn.Module):
     """An attention gate. Every gate in edgefuse is an instance of this class, so gates can be
     found by type: training logs their output statistics and quantization pins their output

@@ -650,11 +650,21 @@ def main(argv: list[str] | None = None) -> None:
 
 def _run(argv: list[str] | None, debug: bool) -> None:
     try:
-        # Standalone mode: typer itself reports usage errors (exit 2) and --help; our errors reach us.
-        app(args=argv, prog_name="edgefuse")
+        # Not standalone: click's usage errors (typer vendors click) reach us too, so they get the same one
+        # line as ours instead of click's four-line usage block.
+        rc = app(args=argv, prog_name="edgefuse", standalone_mode=False)
+    except typer.Abort:
+        print("edgefuse: interrupted", file=sys.stderr)
+        sys.exit(130)
     except (KeyboardInterrupt, _Interrupted) as e:
         print("edgefuse: interrupted", file=sys.stderr)
         sys.exit(e.code if isinstance(e, _Interrupted) else 130)
+    except typer.TyperException as e:  # click's UsageError / BadParameter / MissingParameter, exit code 2
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "edgefuse"
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        print(f"edgefuse: error: {message.strip().splitlines()[0]} (see `{where} --help`)", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 2) or 2)
     except Exception as e:  # noqa: BLE001 -- the one place that turns errors into exit codes
         from edgefuse.errors import EdgefuseError
 
@@ -671,7 +681,7 @@ def _run(argv: list[str] | None, debug: bool) -> None:
             file=sys.stderr,
         )
         sys.exit(3)
-    sys.exit(0)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ CONTRACT_VERSION = 1
 IMAGE_MODE_RULES = {
     "alpha": "composite over black (RGBA, LA, PA, palette with transparency); content only in alpha is refused",
     "16-bit grey": "round(value / 257) to 8 bits (I;16, I with 0..65535)",
+    "16-bit RGB": "Pillow opens 48-bit PNGs as 8-bit RGB: the high byte of each value (within one level of value / 257)",
     "float": "refused (no standard range)",
     "CMYK": "PIL's CMYK -> RGB conversion",
 }

@@ -122,6 +122,35 @@ def load_data(
     raise InputFileError(f"unsupported data source {path}: give 'digits', an image folder or an .npz file")
 
 
+def check_same_classes(model_classes, data_classes, data_source: str) -> None:
+    """Refuse data whose class list differs from the model's, saying exactly how (labels index classes by
+    position, so the same names in another order are a mismatch too).
+
+    Raises:
+        DataError: the lists differ; the message names what is only in one of them, or the first position
+            where the order differs.
+    """
+    model_classes, data_classes = tuple(model_classes), tuple(data_classes)
+    if not model_classes or model_classes == data_classes:
+        return
+
+    def few(names) -> str:
+        names = list(names)
+        return ", ".join(names[:6]) + (f" (+{len(names) - 6} more)" if len(names) > 6 else "")
+
+    only_model = [c for c in model_classes if c not in data_classes]
+    only_data = [c for c in data_classes if c not in model_classes]
+    if only_model or only_data:
+        detail = "; ".join(part for part in (
+            f"only in the model: {few(only_model)}" if only_model else "",
+            f"only in the data: {few(only_data)}" if only_data else "") if part)
+    else:
+        i = next(i for i, (a, b) in enumerate(zip(model_classes, data_classes)) if a != b)
+        detail = f"same names in another order: class {i} is {model_classes[i]!r} in the model, {data_classes[i]!r} in the data"
+    raise DataError(f"the classes of {data_source} ({len(data_classes)}) differ from the model's "
+                    f"({len(model_classes)}): {detail}")
+
+
 def _stratified_split(labels: np.ndarray, seed: int, val_fraction: float, test_fraction: float):
     rng = np.random.default_rng(seed)
     train, val, test = [], [], []
@@ -196,6 +225,12 @@ def _npz(path: Path, seed: int, vf: float, tf: float) -> DataSplits:
     if classes.min() < 0 or (names is None and classes.max() > 10_000):
         raise DataError(f"{path}: labels must be class indices >= 0")
     n_classes = int(classes.max()) + 1
+    gaps = sorted(set(range(n_classes)) - set(classes.tolist()))
+    if gaps:
+        # A label index no image has becomes a class the model can never learn (a dead output).
+        listed = ", ".join(str(g) for g in gaps[:8]) + (f" (+{len(gaps) - 8} more)" if len(gaps) > 8 else "")
+        raise DataError(f"{path}: labels run 0..{n_classes - 1} but no image has label {listed}: renumber the "
+                        "labels 0..K-1 (and class_names with them)")
     if names is None:
         names = [str(i) for i in range(n_classes)]
     elif len(names) < n_classes:
@@ -207,11 +242,19 @@ def _npz(path: Path, seed: int, vf: float, tf: float) -> DataSplits:
 def _list_class_images(root: Path) -> tuple[list[str], list[Path], list[int]]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     paths, labels = [], []
+    empty = []
     for ci, c in enumerate(classes):
+        n = len(paths)
         for f in sorted((root / c).rglob("*")):
             if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
                 paths.append(f)
                 labels.append(ci)
+        if len(paths) == n:
+            empty.append(c)
+    if empty and paths:
+        # An empty class folder would become a class the model can never learn (a dead output).
+        raise DataError(f"class folder(s) {', '.join(empty[:6])} in {root} hold no images "
+                        f"({', '.join(IMAGE_SUFFIXES)}): add images or remove the folder(s)")
     return classes, paths, labels
 
 

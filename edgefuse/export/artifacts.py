@@ -20,7 +20,7 @@ from torch import nn
 from edgefuse._quiet import quiet
 from edgefuse._versions import cpu_name, sha256_file, versions
 from edgefuse.data.contract import PreprocessContract
-from edgefuse.errors import ExportError, UsageError
+from edgefuse.errors import ExportError, UnsupportedModelError, UsageError, one_line
 from edgefuse.export.onnx import DEFAULT_OPSET, export_onnx, opset_of
 from edgefuse.export.sidecar import contract_metadata
 from edgefuse.export.onnx_checks import (
@@ -71,6 +71,8 @@ class ExportResult:
     manifest: dict
     #: where a staged set (``out_dir`` is then its staging folder) will be published; None once published
     target: Path | None = None
+    #: the target folder did not exist before staging: discarding the set removes it again
+    created_target: bool = False
 
     def path(self, kind: str, precision: str) -> Path | None:
         for a in self.artifacts:
@@ -206,18 +208,21 @@ def verify_artifacts(out_dir: str | Path) -> VerifyResult:
             or not isinstance(entries, list) or not all(isinstance(a, dict) for a in entries)):
         raise InputFileError(f"{mpath} is not a readable edgefuse manifest")
     checked, problems, warnings = [], [], []
+    listed = {MANIFEST, *REPORT_FILES}
     for a in entries:
         name = a.get("file", "")
-        p = out / name
-        if not name or Path(name).name != name:
-            problems.append(f"manifest entry with an invalid file name {name!r}")
+        # A hand-edited or damaged manifest may hold anything: only a plain file name of this folder counts.
+        if not isinstance(name, str) or not name or Path(name).name != name or name in (".", "..") or "\x00" in name:
+            problems.append(f"manifest entry with an invalid file name {name!r}"[:200])
             continue
+        listed.add(name)
+        p = out / name
         if not p.is_file():
             problems.append(f"{name}: missing")
             continue
         size = p.stat().st_size
         if size != a.get("bytes"):
-            problems.append(f"{name}: {size} bytes, manifest says {a.get('bytes')}")
+            problems.append(f"{name}: {size} bytes, manifest says {a.get('bytes')!r}"[:200])
         elif sha256_file(p) != a.get("sha256"):
             problems.append(f"{name}: sha256 differs from the manifest (the file was changed)")
         checked.append(name)
@@ -229,7 +234,6 @@ def verify_artifacts(out_dir: str | Path) -> VerifyResult:
                     problems.append(f"{name}: its sha256 does not match {side['file']}")
             except Exception:
                 problems.append(f"{name}: not a readable sidecar")
-    listed = {a.get("file") for a in entries} | {MANIFEST, *REPORT_FILES}
     for p in sorted(out.iterdir()):
         if p.name.startswith(TEMP_PREFIX):
             warnings.append(f"{p.name}: temporary folder of an unfinished export")
@@ -237,7 +241,10 @@ def verify_artifacts(out_dir: str | Path) -> VerifyResult:
             warnings.append(f"{p.name}: not listed in the manifest")
     gate = manifest.get("gate")
     if isinstance(gate, dict) and gate.get("passed") is False:
-        problems.append("this set failed its gate when it was exported: " + "; ".join(map(str, gate.get("failures", []))))
+        failures = gate.get("failures")
+        failures = failures if isinstance(failures, list) else [] if failures is None else [failures]
+        problems.append("this set failed its gate when it was exported"
+                        + (": " + "; ".join(map(str, failures)) if failures else ""))
     return VerifyResult(out, checked, problems, warnings)
 
 
@@ -343,6 +350,7 @@ def stage_artifacts(
         variants.append(("int8", quantized.program))
     # ORT files are converted from the ONNX files: build those even when only "ort" ships.
     build = [f for f in FORMATS if f in formats or (f == "onnx" and "ort" in formats)]
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         _remove_stale_temp(out)
@@ -408,7 +416,8 @@ def stage_artifacts(
                                              details={"note": "server-side PyTorch only; not a mobile format"}))
                     except Exception as e:
                         if precision == "fp32":
-                            raise ExportError(f"TorchScript export failed: {str(e).splitlines()[0][:200]}") from e
+                            raise UnsupportedModelError(f"TorchScript export failed: {one_line(e)}; leave torchscript "
+                                                        "out of --format to ship the other formats") from e
                         (tmp / name).unlink(missing_ok=True)
                         notes.append(f"int8 TorchScript not produced: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
         if "onnx" not in formats:
@@ -440,8 +449,18 @@ def stage_artifacts(
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        _remove_if_created_and_empty(out, created)
         raise
-    return ExportResult(tmp, arts, notes, manifest, target=out)
+    return ExportResult(tmp, arts, notes, manifest, target=out, created_target=created)
+
+
+def _remove_if_created_and_empty(out: Path, created: bool) -> None:
+    # A failed first export leaves no empty --out behind (a folder the user made is kept).
+    if created:
+        try:
+            out.rmdir()
+        except OSError:
+            pass
 
 
 #: Files a published folder may hold beside the manifest's artifacts (the gate's reports).
@@ -452,6 +471,7 @@ def discard_staged(staged: ExportResult) -> None:
     """Remove a staged set that will not be published (an error or an interruption before the verdict)."""
     if staged.target is not None:
         shutil.rmtree(staged.out_dir, ignore_errors=True)
+        _remove_if_created_and_empty(staged.target, staged.created_target)
 
 
 def publish_artifacts(staged: ExportResult, *, force: bool = False, gate: dict | None = None) -> ExportResult:

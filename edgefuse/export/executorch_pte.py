@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from edgefuse._quiet import quiet_native
-from edgefuse.errors import ExportError
+from edgefuse.errors import ExportError, UnsupportedModelError, one_line
 
 _SKIP = {"getitem", "executorch_call_delegate"}
 
@@ -124,8 +124,8 @@ def export_pte(module: torch.nn.Module, example: torch.Tensor, path: str | Path)
             program = edge.to_executorch()
         path.write_bytes(program.buffer)
     except Exception as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ExportError(f"{path.name}: ExecuTorch lowering failed: {first}") from e
+        raise UnsupportedModelError(f"{path.name}: ExecuTorch lowering failed: {one_line(e)}; leave pte out of "
+                                    "--format to ship the other formats") from e
     from edgefuse.validate.runtime import PteModel
 
     runtime = PteModel(path)

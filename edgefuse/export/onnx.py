@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from edgefuse._quiet import quiet
-from edgefuse.errors import ExportError
+from edgefuse.errors import ExportError, UnsupportedModelError
 from edgefuse.errors import UsageError
 from edgefuse.limits import MAX_BATCH, MAX_OPSET, MIN_OPSET
 
@@ -57,7 +57,7 @@ def export_onnx(
     except Exception as e:  # the exporter raises many types; one line is what users need
         msg = str(e).strip().splitlines()
         cause = next((ln for ln in msg if "Error" in ln or "error" in ln), msg[0] if msg else type(e).__name__)
-        raise ExportError(f"ONNX export failed: {cause[:300]}") from e
+        raise UnsupportedModelError(f"ONNX export failed: {cause[:300]}") from e
     _convert_opset(path, opset)
     return path
 
@@ -90,7 +90,7 @@ def _convert_opset(path: Path, opset: int) -> None:
         onnx.checker.check_model(model)
     except Exception as e:
         cause = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise ExportError(f"cannot write opset {opset} (exported at {current}): {cause[:200]}") from None
+        raise UnsupportedModelError(f"cannot write opset {opset} (exported at {current}): {cause[:200]}") from None
     got = opset_of(model)
     if got != opset:
         raise ExportError(f"the opset converter wrote opset {got}, not {opset}")

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from edgefuse._quiet import quiet_native
-from edgefuse.errors import ExportError
+from edgefuse.errors import ExportError, UnsupportedModelError, one_line
 
 #: File written beside the ``.ort`` models: the operators a reduced onnxruntime build must include.
 REQUIRED_OPERATORS = "required_operators.config"
@@ -36,7 +36,7 @@ def fix_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
         dims = inp.type.tensor_type.shape.dim
         shape = [batch] + [d.dim_value for d in dims[1:]]
         if any(v <= 0 for v in shape[1:]):
-            raise ExportError(f"input {inp.name} has dynamic dimensions besides the batch; cannot fix it for mobile")
+            raise UnsupportedModelError(f"input {inp.name} has dynamic dimensions besides the batch; cannot fix it for mobile")
         make_input_shape_fixed(fixed.graph, inp.name, shape)
     fix_output_shapes(fixed)
     return fixed
@@ -71,8 +71,8 @@ def convert_to_ort(onnx_files: list[Path], out_dir: Path, batch: int = 1) -> tup
                 convert_onnx_models_to_ort(src, output_dir=dst, optimization_styles=[OptimizationStyle.Fixed],
                                            target_platform="arm")
         except Exception as e:
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise ExportError(f"onnxruntime could not convert to ORT format: {first}") from None
+            raise UnsupportedModelError(f"onnxruntime could not convert to ORT format: {one_line(e)}; leave ort out "
+                                        "of --format to ship the other formats") from None
         outs = []
         for f in onnx_files:
             produced = dst / f.with_suffix(".ort").name

@@ -58,6 +58,9 @@ def read_sidecar(artifact: str | Path) -> dict:
     if not isinstance(data, dict) or data.get("schema") != SIDECAR_SCHEMA or not isinstance(data.get("contract"), dict):
         raise InputFileError(f"{path}: not an edgefuse sidecar")
     PreprocessContract.from_dict(data["contract"])  # validates
+    for key, kind in (("sha256", str), ("precision", str), ("file", str), ("versions", dict)):
+        if key in data and not isinstance(data[key], kind):
+            raise InputFileError(f"{path}: '{key}' must be a {kind.__name__}, got {type(data[key]).__name__}")
     return data
 
 

@@ -50,8 +50,10 @@ class QuantConfig:
             raise UsageError(
                 f"unknown calibration method {self.calibration!r}; choose one of: {', '.join(CALIBRATION_METHODS)}"
             )
-        if self.calib_samples < 1 or self.calib_batch_size < 1:
-            raise UsageError("calibration samples and batch size must be >= 1")
+        if self.calib_samples < 1:
+            raise UsageError(f"--calib-samples (calibration images) must be >= 1, got {self.calib_samples}")
+        if self.calib_batch_size < 1:
+            raise UsageError(f"calibration batch size must be >= 1, got {self.calib_batch_size}")
         if self.activation_dtype not in ("uint8", "int8"):
             raise UsageError(f"activation dtype must be uint8 or int8, got {self.activation_dtype!r}")
         if self.backend not in BACKENDS:

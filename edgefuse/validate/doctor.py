@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from edgefuse.validate.runtime import OrtModel
 
@@ -82,6 +83,10 @@ class DoctorReport:
 ISLAND_ADVICE = {
     "ReduceMean": "onnxruntime has no int8 ReduceMean: pool with GlobalAveragePool (edgefuse's export rewrites "
                   "ReduceMean over H x W), which fuses into QLinearGlobalAveragePool.",
+    "ReduceMean-channels": "onnxruntime has no int8 ReduceMean: this one averages over channels (CBAM's spatial "
+                           "attention descriptor, a (N, 1, H, W) map), not over H x W, so GlobalAveragePool does not "
+                           "apply; it is a 1 x 1 conv with weights 1/C, which runs as QLinearConv, or it stays fp32 "
+                           "at the cost shown (its map has one channel).",
     "HardSigmoid": "hard-sigmoid / hard-swish have no int8 kernel in onnxruntime: use Sigmoid gates (QLinearSigmoid, "
                    "gate='sigmoid') and ReLU activations (mobilenetv3 act='relu'), or keep the block fp32 with --exclude.",
     "HardSwish": "hard-swish has no int8 kernel in onnxruntime: use ReLU activations (mobilenetv3 act='relu').",
@@ -89,6 +94,21 @@ ISLAND_ADVICE = {
            "weights on the small gate tensor for this reason).",
     "InstanceNormalization": "normalisation stays fp32; on (B, C, 1, 1) attention tensors this is cheap.",
 }
+
+
+# A ReduceMean over channels reduces one axis: 1 in NCHW, 3 in the NHWC form onnxruntime's layout pass gives
+# int8 regions (H x W pooling reduces two axes: (2, 3) or (1, 2)).
+_CHANNEL_AXES = ([1], [-3], [3], [-1])
+
+
+def _reduce_axes(node, inits) -> list[int] | None:
+    """A Reduce* node's axes (attribute before opset 18, constant input from 18), None when not constant."""
+    for a in node.attribute:
+        if a.name == "axes":
+            return list(a.ints)
+    if len(node.input) > 1 and node.input[1] in inits:
+        return [int(v) for v in numpy_helper.to_array(inits[node.input[1]]).reshape(-1)]
+    return None
 
 
 def _module_map(path: Path) -> dict[str, str]:
@@ -125,6 +145,7 @@ def diagnose(path: str | Path, threads: int = 1, runs: int = 50) -> DoctorReport
             prof = json.load(f)
         opt = onnx.load(opt_path)
     producers = {o: n for n in opt.graph.node for o in n.output}
+    inits = {t.name: t for t in opt.graph.initializer}
     node_ms: Counter = Counter()
     op_ms: Counter = Counter()
     for e in prof:
@@ -154,8 +175,9 @@ def diagnose(path: str | Path, threads: int = 1, runs: int = 50) -> DoctorReport
                     "(fp32 weights, no DequantizeLinear) with --exclude."))
         elif (n.op_type not in INT8_OPS | QDQ_OPS | LAYOUT_OPS | {"Constant", "Shape", "Reshape", "Flatten"}
               and any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input)):
-            advice = ISLAND_ADVICE.get(n.op_type, f"onnxruntime runs {n.op_type} in fp32 here, between "
-                                                  "DequantizeLinear and QuantizeLinear.")
+            key = "ReduceMean-channels" if n.op_type == "ReduceMean" and _reduce_axes(n, inits) in _CHANNEL_AXES else n.op_type
+            advice = ISLAND_ADVICE.get(key, f"onnxruntime runs {n.op_type} in fp32 here, between "
+                                            "DequantizeLinear and QuantizeLinear.")
             findings.append(Finding(f"fp32 island: {n.op_type}", n.name, n.op_type, module_of(n), ms, advice))
         elif n.op_type in QDQ_OPS:
             findings.append(Finding("Quantize/Dequantize left at run time", n.name, n.op_type, module_of(n), ms,

@@ -80,9 +80,19 @@ def load_baseline(path: str | Path) -> dict:
     if not isinstance(d, dict) or d.get("schema") != REPORT_SCHEMA:
         raise InputFileError(f"baseline {p} is not an edgefuse report.json (no schema {REPORT_SCHEMA!r})")
     try:
-        d["models"]["int8"]["top1"], d["comparison"]["latency_ratio"], d["data"]["samples"]
+        top1, ratio, samples = d["models"]["int8"]["top1"], d["comparison"]["latency_ratio"], d["data"]["samples"]
     except (KeyError, TypeError):
         raise InputFileError(f"baseline {p} lacks models.int8.top1 / comparison.latency_ratio / data.samples") from None
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    # A hand-edited report must fail here, in one line, not as a TypeError inside the comparison.
+    if not ((top1 is None or (number(top1) and 0 <= top1 <= 1)) and (ratio is None or (number(ratio) and ratio > 0))
+            and isinstance(samples, int) and not isinstance(samples, bool)
+            and isinstance(d["data"].get("source"), (str, type(None)))):
+        raise InputFileError(f"baseline {p} holds invalid values (models.int8.top1 must be in [0, 1] or null, "
+                             "comparison.latency_ratio > 0 or null, data.samples an integer, data.source a string)")
     return d
 
 

@@ -231,6 +231,160 @@ def _train_out_under_a_file(t, c):
             ["not a folder"])
 
 
+def _evil_pickle(t: Path) -> Path:
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (t / "pwned",))  # the matrix's snapshot shows a created marker
+
+    torch.save({"payload": Evil()}, t / "evil.pt")
+    return t / "evil.pt"
+
+
+def _trust_pickle_without_input_size(t, c):
+    # The missing flag is reported before the user's pickle runs (no marker appears).
+    return ["export", str(_evil_pickle(t)), "--trust-pickle", "--out", str(t / "out")], ["--input-size"]
+
+
+def _state_dict_without_factory(t, c):
+    torch.save(torch.load(c, weights_only=True)["state_dict"], t / "sd.pt")
+    return ["export", str(t / "sd.pt"), "--out", str(t / "out")], ["--factory package.module:function"]
+
+
+def _sd(t) -> str:
+    from tests.cli._factories import cumprod_net
+
+    torch.save(cumprod_net().state_dict(), t / "sd.pt")
+    return str(t / "sd.pt")
+
+
+_CONTRACT = ["--input-size", "8", "--channels", "1"]
+
+
+def _factory_missing_module(t, c):
+    return (["export", _sd(t), "--factory", "no_such_models_pkg:build", *_CONTRACT, "--out", str(t / "out")],
+            ["cannot import factory", "current folder", "PYTHONPATH"])
+
+
+def _factory_not_callable(t, c):
+    return (["export", _sd(t), "--factory", "tests.cli._factories:NOT_CALLABLE", *_CONTRACT, "--out", str(t / "out")],
+            ["has no function 'NOT_CALLABLE'"])
+
+
+def _factory_raises(t, c):
+    return (["export", _sd(t), "--factory", "tests.cli._factories:raising", *_CONTRACT, "--out", str(t / "out")],
+            ["raised RuntimeError: the weights server is down"])
+
+
+def _factory_not_a_module(t, c):
+    return (["export", _sd(t), "--factory", "tests.cli._factories:not_a_module", *_CONTRACT, "--out", str(t / "out")],
+            ["returned a dict, not an nn.Module"])
+
+
+def _factory_without_contract(t, c):
+    return (["export", _sd(t), "--factory", "tests.cli._factories:raising", "--out", str(t / "out")],
+            ["--input-size and --channels"])  # checked before the factory runs: not "raised"
+
+
+def _pte_lowering_fails(t, c):
+    return (["export", _sd(t), "--factory", "tests.cli._factories:cumprod_net", *_CONTRACT, "--format", "pte",
+             "--out", str(t / "out")],
+            ["ExecuTorch lowering failed", "cumprod", "leave pte out of --format"])
+
+
+def _empty_class_folder(t, c):
+    root = _folder(t / "imgs")
+    (root / "bird").mkdir()
+    return ["train", "--data", str(root), "--out", str(t / "out" / "m.pt")], ["bird", "hold no images"]
+
+
+def _empty_class_folder_presplit(t, c):
+    _folder(t / "imgs" / "train")
+    _folder(t / "imgs" / "test")
+    (t / "imgs" / "train" / "bird").mkdir()
+    (t / "imgs" / "test" / "bird").mkdir()
+    return ["train", "--data", str(t / "imgs"), "--out", str(t / "out" / "m.pt")], ["bird", "hold no images"]
+
+
+def _label_gaps(t, c):
+    np.savez(t / "d.npz", x=np.zeros((30, 8, 8), np.float32), y=np.repeat([0, 2, 5], 10))
+    return (["train", "--data", str(t / "d.npz"), "--out", str(t / "out" / "m.pt")],
+            ["no image has label 1, 3, 4", "renumber"])
+
+
+def _classes_differ(t, c):
+    return (["export", str(c), "--int8", "--data", str(_folder(t / "imgs")), "--out", str(t / "out")],
+            ["only in the model: 0, 1, 2, 3, 4, 5 (+4 more)", "only in the data: cat, dog"])
+
+
+def _classes_reordered(t, c):
+    x = np.random.default_rng(0).random((60, 8, 8)).astype(np.float32)
+    np.savez(t / "d.npz", x=x, y=np.repeat(np.arange(10), 6), class_names=[str(9 - i) for i in range(10)])
+    return (["export", str(c), "--int8", "--data", str(t / "d.npz"), "--out", str(t / "out")],
+            ["same names in another order", "class 0 is '0' in the model, '9' in the data"])
+
+
+def _flag_not_an_integer(t, c):
+    return ["export", str(c), "--runs", "abc", "--out", str(t / "out")], ["Invalid value for '--runs'", "--help"]
+
+
+def _unknown_option(t, c):
+    return ["export", str(c), "--frobnicate", "--out", str(t / "out")], ["No such option: --frobnicate"]
+
+
+def _missing_argument(t, c):
+    return ["export", "--out", str(t / "out")], ["Missing argument"]
+
+
+def _unknown_command(t, c):
+    return ["exprot", str(c)], ["No such command 'exprot'"]
+
+
+def _opset_too_new(t, c):
+    return ["export", str(c), "--opset", "99", "--out", str(t / "out")], ["--opset must be between 18"]
+
+
+def _contract_flag_on_checkpoint(t, c):
+    return (["export", str(c), "--input-size", "16", "--out", str(t / "out")],
+            ["carries its preprocessing contract", "may not change it"])
+
+
+def _baseline_not_json(t, c):
+    (t / "old.json").write_text("{not json")
+    return (["export", str(c), "--int8", "--baseline", str(t / "old.json"), "--out", str(t / "out")],
+            ["old.json"])
+
+
+def _verify_garbage_manifest(t, c):
+    (t / "build").mkdir()
+    (t / "build" / "manifest.json").write_text("[1, 2")
+    return ["verify", str(t / "build")], ["manifest.json"]
+
+
+def _zero_calib_samples(t, c):
+    return ["export", str(c), "--int8", "--calib-samples", "0", "--out", str(t / "out")], ["--calib-samples"]
+
+
+def _inspect_garbage_pte(t, c):
+    (t / "m.pte").write_bytes(b"\x00" * 64)
+    return ["inspect", str(t / "m.pte")], ["m.pte"]
+
+
+def _doctor_missing_file(t, c):
+    return ["doctor", str(t / "nope.onnx")], ["not found"]
+
+
+def _analyze_zero_samples(t, c):
+    return ["analyze", str(c), "--samples", "0", "--out", str(t / "an")], ["--samples"]
+
+
+def _ablate_unknown_fusion(t, c):
+    return ["ablate", "--fusions", "add,gcn", "--out", str(t / "ab")], ["unknown fusion", "gcn"]
+
+
+def _train_zero_epochs(t, c):
+    return ["train", "--epochs", "0", "--out", str(t / "out" / "m.pt")], ["--epochs"]
+
+
 CASES = {f.__name__.lstrip("_"): f for f in [
     _zero_runs, _negative_threads, _more_threads_than_cores, _zero_batch, _huge_input_size, _opset_too_old,
     _validate_out_is_a_file, _train_out_under_a_file,
@@ -239,6 +393,12 @@ CASES = {f.__name__.lstrip("_"): f for f in [
     _zero_byte_image, _unreadable_image, _class_missing_from_split, _npz_wrong_keys, _npz_wrong_shape,
     _npz_wrong_dtype, _nan_calibration, _calibration_too_small, _input_too_small, _negative_max_drop,
     _zero_latency_ratio, _output_not_writable, _output_is_a_file, _output_holds_artifacts, _verify_not_a_folder,
+    _trust_pickle_without_input_size, _state_dict_without_factory, _factory_missing_module, _factory_not_callable,
+    _factory_raises, _factory_not_a_module, _factory_without_contract, _pte_lowering_fails, _empty_class_folder,
+    _empty_class_folder_presplit, _label_gaps, _classes_differ, _classes_reordered, _flag_not_an_integer,
+    _unknown_option, _missing_argument, _unknown_command, _opset_too_new, _contract_flag_on_checkpoint,
+    _baseline_not_json, _verify_garbage_manifest, _zero_calib_samples, _inspect_garbage_pte, _doctor_missing_file,
+    _analyze_zero_samples, _ablate_unknown_fusion, _train_zero_epochs,
 ]}
 
 

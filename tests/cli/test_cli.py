@@ -4,7 +4,6 @@ import sys
 
 import pytest
 
-from edgefuse.cli.main import app
 
 
 def run(*args, env=None):

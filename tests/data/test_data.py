@@ -149,6 +149,46 @@ def test_16_bit_png_on_disk_scores_like_its_8_bit_twin(tmp_path):
         torch.testing.assert_close(u, v)
 
 
+def _png_rgb16(path, values: np.ndarray) -> None:
+    """Write a 16-bit-per-channel RGB PNG by hand (Pillow reads them but cannot write them)."""
+    import struct
+    import zlib
+
+    h, w, _ = values.shape
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\x00" + values[i].astype(">u2").tobytes() for i in range(h))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_rgb_png_on_disk_matches_its_8_bit_twin_within_one_level(tmp_path):
+    from PIL import Image
+
+    from edgefuse.data import ImageDataset, load_data
+
+    for depth in (8, 16):
+        for c in ("a", "b"):
+            (tmp_path / f"d{depth}" / c).mkdir(parents=True)
+            for i in range(6):
+                rng = np.random.default_rng(i + 10 * (c == "b"))
+                wide = rng.integers(0, 65536, (8, 8, 3)).astype(np.uint16)
+                if depth == 8:
+                    Image.fromarray(np.round(wide / 257).astype(np.uint8), "RGB").save(tmp_path / "d8" / c / f"{i}.png")
+                else:
+                    _png_rgb16(tmp_path / "d16" / c / f"{i}.png", wide)
+    a, b = load_data(str(tmp_path / "d8")), load_data(str(tmp_path / "d16"))
+    assert Image.open(next((tmp_path / "d16" / "a").iterdir())).mode == "RGB"
+    assert b.default_channels == 3
+    c = _modes_contract(3)
+    for i in range(len(a.train)):
+        u, v = ImageDataset(a.train, c)[i][0], ImageDataset(b.train, c)[i][0]
+        assert float((u - v).abs().max()) <= 1 / 255 + 1e-6  # the high byte vs value/257: one level at most
+        assert float((u - v).abs().mean()) < 0.5 / 255
+
+
 @pytest.mark.parametrize("mode", ["LA", "RGBA"])
 def test_content_only_in_alpha_is_refused(mode):
     from PIL import Image

@@ -13,7 +13,6 @@ from edgefuse.errors import ExportError, UsageError
 from edgefuse.export import export_artifacts, parse_formats, read_metadata, weight_summary
 from edgefuse.export.onnx_checks import reduce_mean_to_global_pool
 from edgefuse.validate import OrtModel
-from edgefuse.validate.metrics import agreement
 
 
 def test_artifacts_and_manifest(exported):
@@ -119,7 +118,6 @@ def test_reduce_mean_becomes_global_pool(tmp_path):
         def forward(self, x):
             return x.mean((2, 3), keepdim=True) + x.mean((2, 3))[:, :, None, None]
 
-    import io
 
     from edgefuse.export import export_onnx
 

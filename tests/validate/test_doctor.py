@@ -1,6 +1,5 @@
 """Structural tests that pin the int8 recipe (no timing): what onnxruntime runs after optimisation."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -54,6 +53,9 @@ def test_int8_graph_structure(name, fusion, digits32, tmp_path):
     assert rep.op_counts.get("QLinearConv", 0) >= 3
     # spatial means are pooled with QLinearGlobalAveragePool instead
     assert rep.op_counts.get("ReduceMean", 0) == CHANNEL_MEANS.get((name, fusion), 0), rep.op_counts
+    for f in rep.findings:  # a mean over channels gets its own advice, not the H x W pooling fix
+        if f.kind == "fp32 island: ReduceMean":
+            assert "averages over channels" in f.advice and "GlobalAveragePool does not apply" in f.advice
 
 
 def test_doctor_explains_onnxruntime_quantizer_slowdown(digits32, tmp_path):
