@@ -339,6 +339,9 @@ def load_model_source(
             raise UsageError(f"--factory {factory}() raised {type(e).__name__}: {_short(e)}") from None
         if not isinstance(model, torch.nn.Module):
             raise UsageError(f"--factory {factory}() returned a {type(model).__name__}, not an nn.Module")
+        from edgefuse._files import check_zip_size
+
+        check_zip_size(path)  # before torch inflates a member
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:

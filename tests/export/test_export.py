@@ -92,7 +92,12 @@ def test_failed_export_leaves_nothing(trained_checkpoint, tmp_path, monkeypatch)
     q = quantize_ptq(lm.model, TensorBatches(ImageDataset(d.train, lm.contract), 64))
     with pytest.raises(ExportError, match="injected"):
         export_artifacts(lm.model, lm.contract, tmp_path / "out", quantized=q, formats=("onnx",))
-    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "out").exists()  # the folder this export created goes too
+    (tmp_path / "mine").mkdir()  # a folder the user made stays, empty
+    calls["n"] = 0
+    with pytest.raises(ExportError, match="injected"):
+        export_artifacts(lm.model, lm.contract, tmp_path / "mine", quantized=q, formats=("onnx",))
+    assert list((tmp_path / "mine").iterdir()) == []
 
 
 def test_folded_weights_are_detected(exported, tmp_path):
