@@ -25,7 +25,7 @@ from edgefuse.models import create_model
 from edgefuse.quantize import QATConfig, TensorBatches, quantize_ptq, quantize_qat
 from edgefuse.training import TrainConfig, train
 from edgefuse.validate import OrtModel, cpu_name, interleaved_latency
-from edgefuse.validate.metrics import agreement, topk_accuracy
+from edgefuse.metrics import agreement, topk_accuracy
 
 ROWS = [("resnet", "effatt"), ("resnet", "se"), ("resnet", "cbam"), ("mobilenetv3", "add"), ("fpn", "effatt")]
 

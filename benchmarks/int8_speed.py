@@ -32,7 +32,7 @@ from edgefuse.export import export_artifacts, export_onnx
 from edgefuse.models import create_model
 from edgefuse.quantize import TensorBatches, quantize_ptq
 from edgefuse.validate import OrtModel, cpu_name, interleaved_latency
-from edgefuse.validate.metrics import agreement, sqnr_db
+from edgefuse.metrics import agreement, sqnr_db
 from edgefuse.validate.reference import ort_quantize_static
 
 ROWS = ["resnet/add", "resnet/se", "resnet/cbam", "resnet/effatt", "mobilenetv3/add", "mobilenetv3-paper/add",

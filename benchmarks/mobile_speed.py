@@ -30,8 +30,8 @@ from edgefuse.export import export_artifacts
 from edgefuse.models import create_model
 from edgefuse.quantize import QuantConfig, TensorBatches, quantize_ptq
 from edgefuse.validate import cpu_name, interleaved_latency
-from edgefuse.validate.metrics import agreement
-from edgefuse.validate.runtime import load_runtime
+from edgefuse.metrics import agreement
+from edgefuse.runtimes import load_runtime
 
 ROWS = ["resnet/add", "resnet/se", "resnet/cbam", "resnet/effatt", "mobilenetv3/add", "fpn/effatt"]
 

@@ -36,7 +36,7 @@ from edgefuse.export import export_onnx
 from edgefuse.models.third_party import calibrate_batch_norm, create_third_party, list_third_party
 from edgefuse.quantize.targets import quant_config_for
 from edgefuse.validate import Budgets, OrtModel, cpu_name, interleaved_latency
-from edgefuse.validate.metrics import agreement, sqnr_db
+from edgefuse.metrics import agreement, sqnr_db
 from edgefuse.validate.reference import ort_quantize_static
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -88,7 +88,7 @@ def train_model(
     report = out.with_name(out.stem + ".train.html")
     if dist.is_main:  # one writer
         save_checkpoint(out, net, contract, metrics=metrics, extra={"train_config": config.__dict__})
-        from edgefuse.studies import training_report
+        from edgefuse.reports.training import training_report
 
         flags = training_report(log, report, f"edgefuse training: {model}/{fusion} on {splits.source}")
     return {
@@ -155,7 +155,7 @@ def describe_artifact(path: str | Path) -> dict:
     if suffix in (".pt", ".pth"):
         return {"format": "edgefuse checkpoint", **describe_checkpoint(p), **base}
     if suffix in (".onnx", ".ort"):
-        from edgefuse.validate.runtime import OrtModel
+        from edgefuse.runtimes import OrtModel
 
         m = OrtModel(p)
         meta = m.metadata()
@@ -184,7 +184,7 @@ def describe_artifact(path: str | Path) -> dict:
         info["edgefuse"] = meta.get("edgefuse.version", "")
         return {**info, **base}
     if suffix == ".pte":
-        from edgefuse.export.sidecar import read_sidecar
+        from edgefuse.runtimes.sidecar import read_sidecar
 
         side = read_sidecar(p)
         info = {"format": "ExecuTorch program (.pte)", "precision": side.get("precision"),
@@ -194,7 +194,7 @@ def describe_artifact(path: str | Path) -> dict:
         if side.get("sha256") and side["sha256"] != base["sha256"]:
             info["warning"] = "the file's sha256 differs from its sidecar's: they do not belong together"
         try:
-            from edgefuse.validate.runtime import PteModel
+            from edgefuse.runtimes import PteModel
 
             info["input shape (runtime)"] = PteModel(p).input_shape
         except ImportError:
@@ -482,7 +482,7 @@ def export_model(
     check_output_dir(out)
     check_target(out, force)
     if "pte" in formats:
-        from edgefuse.quantize.xnnpack import require_executorch
+        from edgefuse._extras import require_executorch
 
         require_executorch()  # before any work: a one-line error naming the extra
     model, contract, info = load_model_source(source, **(model_kwargs or {}))
@@ -680,7 +680,7 @@ def _fallback_latency(model, calib_ds, fb, config, threads: int, runs: int, buil
     from edgefuse.quantize import TensorBatches, quantize_ptq
     from edgefuse.quantize.analysis import exclude_pattern
     from edgefuse.validate.latency import interleaved_latency
-    from edgefuse.validate.runtime import OrtModel
+    from edgefuse.runtimes import OrtModel
 
     kept_patterns = {exclude_pattern(k) for k in fb.kept_fp32}
     base = tuple(p for p in config.exclude if p not in kept_patterns)
@@ -720,7 +720,7 @@ def _agreement_with_pytorch(exported, model, quantized, pte_quantized, dataset, 
     import numpy as np
     import torch
 
-    from edgefuse.validate.runtime import load_runtime
+    from edgefuse.runtimes import load_runtime
 
     refs = {"fp32": model}
     if quantized is not None:
@@ -770,7 +770,7 @@ def validate_files(
 
     from edgefuse.data import ImageDataset, PreprocessContract, check_same_classes, load_data
     from edgefuse.validate import Budgets, validate_models, write_report
-    from edgefuse.validate.runtime import load_runtime
+    from edgefuse.runtimes import load_runtime
 
     from edgefuse.limits import check_output_dir, check_run_flags
 

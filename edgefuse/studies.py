@@ -11,6 +11,8 @@ from pathlib import Path
 
 from edgefuse._files import write_text_atomic
 from edgefuse.progress import NullProgress, Progress
+from edgefuse.reports.training import gate_plots, read_gate_log
+from edgefuse.training import GATE_HEALTH, gate_flags
 
 
 def _clean(v):
@@ -21,40 +23,6 @@ def _clean(v):
     if isinstance(v, (list, tuple)):
         return [_clean(x) for x in v]
     return v
-
-
-def read_gate_log(path: str | Path) -> list[dict]:
-    """Per-epoch records of ``edgefuse train``'s gate log (``model.gates.jsonl``); [] when absent."""
-    p = Path(path)
-    if not p.is_file():
-        return []
-    rows = []
-    for line in p.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a log cut short by an interrupted run: keep the complete epochs
-    return rows
-
-
-def gate_plots(history: list[dict], calibration: dict[str, dict] | None = None) -> str:
-    """SVG plots of the gate statistics: mean and saturated share per gate over epochs, and the final
-    (or calibration-time) histogram of each gate."""
-    from edgefuse.validate import html as H
-
-    parts = []
-    if history:
-        names = sorted({g for r in history for g in r.get("gates", {})})
-        for key, label in (("mean", "mean gate output"), ("std", "std of gate outputs"),
-                           ("saturated", "share within 0.02 of 0 or 1")):
-            series = {n: [(r["epoch"], r["gates"][n][key]) for r in history if n in r.get("gates", {})] for n in names}
-            parts.append(H.line_chart(series, title=f"{label} per epoch (validation split)", xlabel="epoch",
-                                      ylabel=key, ylim=(0.0, 1.0) if key != "std" else None))
-    stats = calibration or (history[-1].get("gates", {}) if history else {})
-    for name, s in stats.items():
-        parts.append(H.histogram(s["hist"], 0.0, 1.0, title=f"{name}: gate outputs "
-                                 + ("at calibration" if calibration else "after the last epoch"), xlabel="gate value"))
-    return "".join(parts)
 
 
 def analyze_model(
@@ -96,10 +64,10 @@ def analyze_model(
     import copy
 
     from edgefuse.quantize import TensorBatches
-    from edgefuse.quantize.analysis import batched_logits, gate_flags, module_sensitivity, switch_prepared
+    from edgefuse.quantize.analysis import batched_logits, module_sensitivity, switch_prepared
     from edgefuse.quantize.pt2e import calibrate, convert_calibrated
     from edgefuse.training import GateMonitor
-    from edgefuse.validate.metrics import sqnr_db
+    from edgefuse.metrics import sqnr_db
 
     out = Path(out_dir)
     if (out / "analysis.json").exists() and not force:
@@ -140,7 +108,7 @@ def analyze_model(
     import tempfile
 
     from edgefuse.export import export_onnx
-    from edgefuse.validate.runtime import OrtModel
+    from edgefuse.runtimes import OrtModel
 
     n = sens.samples
     xs = torch.stack([eval_ds[i][0] for i in range(n)])
@@ -200,7 +168,7 @@ def _fmt(v, pct=False, nd=1):
 
 
 def _analysis_html(result: dict, sens, history: list[dict], top: int) -> str:
-    from edgefuse.validate import html as H
+    from edgefuse.reports import html as H
 
     s = result["sensitivity"]
     mods = s["modules"]
@@ -237,7 +205,7 @@ def _analysis_html(result: dict, sens, history: list[dict], top: int) -> str:
     g = result["gates"]
     flags = [f"{n}: {'; '.join(f)}" for n, f in {**g["training_last_epoch_flags"], **g["calibration_flags"]}.items()]
     gate_html = "".join(H.paragraph("flag — " + f, "flag") for f in flags) or H.paragraph(
-        "No gate is saturated (>= 90% of outputs within 0.02 of 0 or 1) or collapsed (std < 0.01).")
+        f"No gate is {GATE_HEALTH}.")
     gate_html += gate_plots(history) + gate_plots([], g["calibration"])
     sections.append(("Attention gates", gate_html if g["calibration"] or history else H.paragraph("The model has no gates.")))
     return H.page("edgefuse analysis", sections)
@@ -310,7 +278,7 @@ def ablate_models(
     import numpy as np
 
     from edgefuse.validate.latency import interleaved_latency
-    from edgefuse.validate.runtime import OrtModel
+    from edgefuse.runtimes import OrtModel
 
     sessions = {(v, p): OrtModel(f, threads) for v, pair in files.items() for p, f in zip(("fp32", "int8"), pair)}
     shape = [d if isinstance(d, int) else 1 for d in next(iter(sessions.values())).input_shape]
@@ -348,7 +316,7 @@ def ablation_markdown(result: dict) -> str:
 
 
 def _ablation_html(result: dict) -> str:
-    from edgefuse.validate import html as H
+    from edgefuse.reports import html as H
 
     rows = result["rows"]
     table = H.table(["fusion", "params", "MMACs", "fp32 top-1", "int8 top-1", "drop pp", "fp32 ms", "int8 ms",
@@ -446,26 +414,3 @@ def onnxruntime_module_drift(program, onnx_path: str | Path, x, threads: int = 1
             continue
         out[mod] = {"ort_sqnr_db": sqnr(ref, deq), "pytorch_sqnr_db": sqnr(ref, pq), "ort_vs_pytorch_sqnr_db": sqnr(pq, deq)}
     return out
-
-
-def training_report(gate_log: str | Path, out_html: str | Path, title: str) -> dict[str, list[str]]:
-    """Write the training report (curves, attention-gate statistics per epoch, flags) from a gate log.
-
-    Returns:
-        The flags of the last epoch's gates (``{gate: [reason, ...]}``; empty when all are healthy).
-    """
-    from edgefuse.quantize.analysis import gate_flags
-    from edgefuse.validate import html as H
-
-    history = read_gate_log(gate_log)
-    flags = gate_flags(history[-1].get("gates", {})) if history else {}
-    curves = H.line_chart({"train top-1": [(r["epoch"], r["train_top1"]) for r in history],
-                           "val top-1": [(r["epoch"], r["val_top1"]) for r in history]},
-                          title="accuracy per epoch", xlabel="epoch", ylabel="top-1", ylim=(0.0, 1.0))
-    loss = H.line_chart({"train loss": [(r["epoch"], r["train_loss"]) for r in history]},
-                        title="training loss per epoch", xlabel="epoch", ylabel="loss")
-    flag_html = "".join(H.paragraph(f"flag — {g}: {'; '.join(f)}", "flag") for g, f in flags.items()) or H.paragraph(
-        "No gate is saturated (>= 90% of outputs within 0.02 of 0 or 1) or collapsed (std < 0.01) after the last epoch.")
-    gates = gate_plots(history) if any(r.get("gates") for r in history) else H.paragraph("The model has no gates.")
-    write_text_atomic(Path(out_html), H.page(title, [("Training", curves + loss), ("Attention gates", flag_html + gates)]))
-    return flags

@@ -119,6 +119,18 @@ def evaluate(model: nn.Module, dataset, batch_size: int = 256) -> float:
     return correct / max(total, 1)
 
 
+#: A gate output this close to 0 or 1 counts as saturated (int8 gates step by 1/256: near the ends a gate is
+#: a hard switch, and brittle).
+NEAR_END = 0.02
+#: A gate is flagged saturated when at least this share of its outputs is near an end ...
+SATURATED_SHARE = 0.9
+#: ... and collapsed when its outputs' standard deviation is below this (a constant scale, no attention).
+COLLAPSED_STD = 0.01
+#: The healthy-gate rule in words, for reports.
+GATE_HEALTH = (f"saturated (>= {SATURATED_SHARE:.0%} of outputs within {NEAR_END} of 0 or 1) "
+               f"or collapsed (std < {COLLAPSED_STD})")
+
+
 class GateMonitor:
     """Records the outputs of every attention gate in a model while attached (an edgefuse ``Gate``, or
     a user network's ``nn.Sigmoid``/``nn.Hardsigmoid`` gate module, see :func:`edgefuse.blocks.gates.is_gate`):
@@ -157,7 +169,7 @@ class GateMonitor:
                 "mean": round(float(v.mean()), 5),
                 "std": round(float(v.std()), 5) if v.numel() > 1 else 0.0,
                 "hist": [int(c) for c in hist],
-                "saturated": round(float(((v < 0.02) | (v > 0.98)).float().mean()), 5),
+                "saturated": round(float(((v < NEAR_END) | (v > 1 - NEAR_END)).float().mean()), 5),
             }
         return out
 
@@ -269,3 +281,23 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def gate_flags(stats: dict[str, dict], saturated: float = SATURATED_SHARE,
+               collapsed_std: float = COLLAPSED_STD) -> dict[str, list[str]]:
+    """Flag gates from :class:`edgefuse.training.GateMonitor`-style statistics.
+
+    ``saturated``: at least ``saturated`` of the outputs are within :data:`NEAR_END` of 0 or 1 (the gate is a hard
+    switch; 8-bit steps of 1/256 near the ends make it brittle). ``collapsed``: the standard deviation is
+    below ``collapsed_std`` (the gate is a constant: it does no attention, only a fixed scale).
+    """
+    flags: dict[str, list[str]] = {}
+    for name, s in stats.items():
+        f = []
+        if s.get("saturated", 0.0) >= saturated:
+            f.append(f"saturated: {100 * s['saturated']:.0f}% of outputs within {NEAR_END} of 0 or 1")
+        if s.get("std", 1.0) < collapsed_std:
+            f.append(f"collapsed: std {s['std']:.4f}, the gate is a constant ~{s.get('mean', float('nan')):.3f}")
+        if f:
+            flags[name] = f
+    return flags

@@ -40,7 +40,7 @@ def test_checkpoint_loader_on_random_bytes(tmp_path, data):
 @FUZZ
 @given(data=blobs, suffix=st.sampled_from([".onnx", ".ort"]))
 def test_onnxruntime_loader_on_random_bytes(tmp_path, data, suffix):
-    from edgefuse.validate.runtime import OrtModel
+    from edgefuse.runtimes import OrtModel
 
     with pytest.raises(EdgefuseError):
         OrtModel(_write(tmp_path, "m" + suffix, data))
@@ -181,7 +181,7 @@ _CONTRACT = {"input_size": 8, "channels": 1, "mean": [0.0], "std": [1.0]}
 def test_sidecar_reader_on_random_json(tmp_path, sidecar, raw):
     import json
 
-    from edgefuse.export.sidecar import SIDECAR_SCHEMA, read_sidecar_metadata
+    from edgefuse.runtimes.sidecar import SIDECAR_SCHEMA, read_sidecar_metadata
 
     if isinstance(sidecar, dict) and sidecar.get("schema") == "edgefuse.sidecar":
         sidecar["schema"] = SIDECAR_SCHEMA
@@ -230,7 +230,7 @@ def test_baseline_reader_on_random_json(tmp_path, report, raw):
                       st.binary(max_size=512)).map(lambda t: t[0] + t[1]))
 def test_pte_loader_on_random_bytes(tmp_path, data):
     pytest.importorskip("executorch")
-    from edgefuse.validate.runtime import load_runtime
+    from edgefuse.runtimes import load_runtime
 
     with pytest.raises(EdgefuseError):
         load_runtime(_write(tmp_path, "m.pte", data))

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from edgefuse.errors import UnknownNameError, UsageError
-from edgefuse.studies import ablate_models, read_gate_log
+from edgefuse.reports.training import read_gate_log
+from edgefuse.studies import ablate_models
 
 
 def test_ablate_two_fusions_end_to_end(tmp_path):

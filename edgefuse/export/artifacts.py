@@ -22,7 +22,7 @@ from edgefuse._versions import cpu_name, sha256_file, versions
 from edgefuse.data.contract import PreprocessContract
 from edgefuse.errors import ExportError, UnsupportedModelError, UsageError, one_line
 from edgefuse.export.onnx import DEFAULT_OPSET, export_onnx, opset_of
-from edgefuse.export.sidecar import contract_metadata
+from edgefuse.runtimes.sidecar import contract_metadata
 from edgefuse.export.onnx_checks import (
     compact,
     reduce_mean_to_global_pool,
@@ -267,7 +267,7 @@ def _unvouched_files(out: Path) -> list[str]:
 
 
 def _mobile_sidecar(tmp: Path, a: Artifact, contract: PreprocessContract, input_shape: list[int]) -> Artifact:
-    from edgefuse.export.sidecar import sidecar_dict, sidecar_path
+    from edgefuse.runtimes.sidecar import sidecar_dict, sidecar_path
 
     v = versions()
     runtime_keys = {"ort": ("onnxruntime",), "pte": ("executorch", "torch")}[a.kind]
@@ -331,7 +331,7 @@ def stage_artifacts(
     if batch is not None and batch < 1:
         raise UsageError(f"--batch must be >= 1, got {batch}")
     if "pte" in formats:
-        from edgefuse.quantize.xnnpack import require_executorch
+        from edgefuse._extras import require_executorch
 
         require_executorch()
     if out.exists() and not out.is_dir():

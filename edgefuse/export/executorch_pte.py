@@ -108,7 +108,7 @@ def export_pte(module: torch.nn.Module, example: torch.Tensor, path: str | Path)
         MissingExtraError: ExecuTorch is not installed.
         ExportError: lowering failed, or the program does not load or match in ExecuTorch's runtime.
     """
-    from edgefuse.quantize.xnnpack import require_executorch
+    from edgefuse._extras import require_executorch
 
     require_executorch()
     path = Path(path)
@@ -126,7 +126,7 @@ def export_pte(module: torch.nn.Module, example: torch.Tensor, path: str | Path)
     except Exception as e:
         raise UnsupportedModelError(f"{path.name}: ExecuTorch lowering failed: {one_line(e)}; leave pte out of "
                                     "--format to ship the other formats") from e
-    from edgefuse.validate.runtime import PteModel
+    from edgefuse.runtimes import PteModel
 
     runtime = PteModel(path)
     with torch.no_grad():

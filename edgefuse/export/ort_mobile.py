@@ -138,8 +138,8 @@ def mobile_usability(onnx_file: Path, batch: int = 1) -> dict:
 
 def compare_with_onnx(ort_file: Path, onnx_file: Path, inputs: np.ndarray) -> dict:
     """Run the ``.ort`` file and the ONNX model it came from on the same inputs."""
-    from edgefuse.validate.metrics import agreement
-    from edgefuse.validate.runtime import OrtModel
+    from edgefuse.metrics import agreement
+    from edgefuse.runtimes import OrtModel
 
     a, b = OrtModel(onnx_file).run(inputs), OrtModel(ort_file).run(inputs)
     return {"samples": int(len(inputs)), "top1_agreement": agreement(a, b),

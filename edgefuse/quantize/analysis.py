@@ -24,7 +24,7 @@ from edgefuse.progress import NullProgress, Progress
 from edgefuse.quantize.config import QuantConfig
 from edgefuse.quantize.pt2e import CalibrationDataReader, allow_train_eval, calibrate, fp32_inputs_for_excluded
 from edgefuse.quantize.quantizer import module_path
-from edgefuse.validate.metrics import sqnr_db
+from edgefuse.metrics import sqnr_db
 
 import_pt2e()
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e  # noqa: E402
@@ -222,7 +222,7 @@ def switch_prepared(prepared: torch.fx.GraphModule, config: QuantConfig) -> Swit
 
 
 def sqnr(reference: torch.Tensor, test: torch.Tensor) -> float:
-    """:func:`edgefuse.validate.metrics.sqnr_db` of two tensors, in dB (``inf`` when identical)."""
+    """:func:`edgefuse.metrics.sqnr_db` of two tensors, in dB (``inf`` when identical)."""
     return sqnr_db(reference.detach().numpy(), test.detach().numpy())
 
 
@@ -428,26 +428,7 @@ def greedy_fallback(
     return kept, steps
 
 
-def gate_flags(stats: dict[str, dict], saturated: float = 0.9, collapsed_std: float = 0.01) -> dict[str, list[str]]:
-    """Flag gates from :class:`edgefuse.training.GateMonitor`-style statistics.
-
-    ``saturated``: at least ``saturated`` of the outputs are within 0.02 of 0 or 1 (the gate is a hard
-    switch; 8-bit steps of 1/256 near the ends make it brittle). ``collapsed``: the standard deviation is
-    below ``collapsed_std`` (the gate is a constant: it does no attention, only a fixed scale).
-    """
-    flags: dict[str, list[str]] = {}
-    for name, s in stats.items():
-        f = []
-        if s.get("saturated", 0.0) >= saturated:
-            f.append(f"saturated: {100 * s['saturated']:.0f}% of outputs within 0.02 of 0 or 1")
-        if s.get("std", 1.0) < collapsed_std:
-            f.append(f"collapsed: std {s['std']:.4f}, the gate is a constant ~{s.get('mean', float('nan')):.3f}")
-        if f:
-            flags[name] = f
-    return flags
-
-
 __all__ = [
     "ROOT", "ModuleSensitivity", "SensitivityResult", "SwitchedProgram", "Unit", "batched_logits", "exclude_pattern",
-    "gate_flags", "greedy_fallback", "module_sensitivity", "sqnr", "switch_prepared", "switched_program", "top1",
+    "greedy_fallback", "module_sensitivity", "sqnr", "switch_prepared", "switched_program", "top1",
 ]

@@ -25,23 +25,11 @@ import re
 import torch
 from torch.fx import Node
 
+from edgefuse._extras import require_executorch
 from edgefuse.quantize.config import QuantConfig
 from edgefuse.quantize.quantizer import GATES, module_path, unshare_params
 
 aten = torch.ops.aten
-
-
-def require_executorch() -> None:
-    """Raise a one-line :class:`~edgefuse.errors.MissingExtraError` when ExecuTorch is not installed."""
-    from edgefuse.errors import MissingExtraError
-
-    try:
-        import executorch  # noqa: F401
-        from executorch.backends.xnnpack.quantizer import xnnpack_quantizer  # noqa: F401
-    except ImportError:
-        raise MissingExtraError(
-            "the pte format needs ExecuTorch, an optional extra: pip install 'edgefuse[executorch]'"
-        ) from None
 
 
 @functools.lru_cache(maxsize=1)

@@ -4,7 +4,7 @@ from edgefuse._versions import cpu_name
 from edgefuse.validate.core import validate_models, write_report
 from edgefuse.validate.latency import interleaved_latency
 from edgefuse.validate.report import REPORT_SCHEMA_VERSION, Budgets, ValidationReport
-from edgefuse.validate.runtime import OrtModel
+from edgefuse.runtimes import OrtModel
 
 __all__ = ["Budgets", "OrtModel", "REPORT_SCHEMA_VERSION", "ValidationReport", "cpu_name",
            "interleaved_latency", "validate_models", "write_report"]

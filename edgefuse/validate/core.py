@@ -10,9 +10,9 @@ from edgefuse._versions import cpu_name, versions
 from edgefuse.errors import DataError
 from edgefuse.progress import NullProgress, Progress
 from edgefuse.validate.latency import interleaved_latency
-from edgefuse.validate.metrics import agreement, sqnr_db, topk_accuracy
+from edgefuse.metrics import agreement, sqnr_db, topk_accuracy
 from edgefuse.validate.report import Budgets, ModelResult, ValidationReport, drop_of, gate_failures
-from edgefuse.validate.runtime import OrtModel, PteModel, load_runtime
+from edgefuse.runtimes import OrtModel, PteModel, load_runtime
 from edgefuse.validate.stats import baseline_failures, bootstrap_drop_ci, per_class_drops
 
 

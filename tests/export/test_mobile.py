@@ -96,7 +96,7 @@ def test_validate_refuses_mixed_runtimes(mobile):
 
 
 def test_ort_file_keeps_the_contract_in_its_metadata(mobile):
-    from edgefuse.validate.runtime import OrtModel
+    from edgefuse.runtimes import OrtModel
 
     m = OrtModel(mobile["export"].out_dir / "model.int8.ort")
     meta = m.metadata()
@@ -106,7 +106,7 @@ def test_ort_file_keeps_the_contract_in_its_metadata(mobile):
 
 
 def test_pte_runtime_pads_partial_batches(mobile):
-    from edgefuse.validate.runtime import PteModel
+    from edgefuse.runtimes import PteModel
 
     m = PteModel(mobile["export"].out_dir / "model.fp32.pte")
     x = np.random.default_rng(0).standard_normal((3, 1, 32, 32)).astype(np.float32)
@@ -151,7 +151,7 @@ def test_pte_without_the_extra_is_a_one_line_error_and_writes_nothing(trained_ch
     # Simulate an installation without the extra: importing executorch fails.
     monkeypatch.setitem(sys.modules, "executorch", None)
     with pytest.raises(MissingExtraError, match=r"pip install 'edgefuse\[executorch\]'"):
-        from edgefuse.quantize.xnnpack import require_executorch
+        from edgefuse._extras import require_executorch
 
         require_executorch()
     out = tmp_path / "build"

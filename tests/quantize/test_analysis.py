@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from edgefuse.quantize.analysis import gate_flags
+from edgefuse.training import gate_flags
 from tests.quantize.fragile import FRAGILE_UNIT, make_fragile
 
 

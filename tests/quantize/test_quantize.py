@@ -161,7 +161,7 @@ def test_small_activations_keep_their_resolution():
     """Activations far below 1 (random-init torchvision MobileNetV3: 1e-4 at the logits) are quantized with
     their own range: a 2**-12 scale floor once rounded them all to zero (0 dB against fp32)."""
     from edgefuse.quantize import TensorBatches, quantize_ptq
-    from edgefuse.validate.metrics import sqnr_db
+    from edgefuse.metrics import sqnr_db
 
     torch.manual_seed(0)
     m = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),

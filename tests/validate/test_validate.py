@@ -7,7 +7,7 @@ import pytest
 
 from edgefuse.errors import InputFileError, UsageError
 from edgefuse.validate import Budgets, interleaved_latency, validate_models
-from edgefuse.validate.metrics import sqnr_db, topk_accuracy
+from edgefuse.metrics import sqnr_db, topk_accuracy
 from edgefuse.validate.report import drop_of, gate_failures
 from tests.conftest import damage_int8_onnx
 

@@ -1,0 +1,1 @@
+"""Renderers: self-contained HTML pages (inline SVG plots) for training, analysis and ablation."""
