@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.edgefuse-installed
 DEMO   := demo-out
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test test-fast lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,15 @@ demo: $(STAMP)
 	bash examples/demo.sh $(DEMO)
 
 # Two workers, one per core; a file's tests stay on one worker so its module fixtures are built once.
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=12
+
+# The inner loop: everything not marked slow (see tests/conftest.py), under two minutes on two cores.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 -m "not slow" --durations=5
+
+lint: $(STAMP)
+	$(BIN)/ruff check edgefuse tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) $(DEMO) build .pytest_cache

@@ -10,7 +10,8 @@ MinMax) and edgefuse (torchao PT2E + edgefuse's quantizer and export passes) bot
 same 64 digits images resized to 224. onnxruntime's quantizer runs twice: on edgefuse's fp32 ONNX
 (already rewritten for int8, e.g. mean pooling as GlobalAveragePool) and on the plain
 ``torch.onnx.export`` file a user would have today. ``mobilenetv3-paper`` is MobileNetV3 with the
-paper's hard-swish and 8-aligned channels (``act=None, dw_divisor=8``). The three models are timed interleaved in one loop (batch 1,
+paper's hard-swish and 8-aligned channels (``act=None, dw_divisor=8``). The three models are timed interleaved in
+one loop (batch 1,
 10 warm-up runs, then --runs runs each; medians and p90). Each int8 model is compared with fp32 on 128
 digits test images: top-1 agreement and the SQNR of the logits (the weights are not trained at 224x224,
 so agreement alone can be trivially high; the SQNR is not). Accuracy against labels, with trained

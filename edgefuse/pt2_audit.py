@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 from edgefuse._files import MAX_UNCOMPRESSED_BYTES, check_zip_size
-from edgefuse.errors import CheckpointError
+from edgefuse.errors import CheckpointError, one_line
 
 _PICKLE_OBJECT_PREFIXES = ("custom_obj_", "opaque_obj_")
 
@@ -69,5 +69,4 @@ def audit_pt2(path: str | Path, *, trust_pickle: bool = False) -> None:
             try:
                 torch.load(io.BytesIO(z.read(name)), map_location="cpu", weights_only=True)
             except Exception as e:  # any failure means torch would fall back to (or use) a full unpickle
-                why = str(e).strip().splitlines()
-                raise _refuse(path, name, f"is not a weights-only pickle ({(why[0] if why else type(e).__name__)[:120]})")
+                raise _refuse(path, name, f"is not a weights-only pickle ({one_line(e, 120)})") from None

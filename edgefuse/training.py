@@ -80,7 +80,7 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
         id(p) for m in model.modules() if isinstance(m, ATTENTION_MODULES) for p in m.parameters()
     }
     groups: dict[tuple[bool, bool], list] = {}
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if not p.requires_grad:
             continue
         decay = p.ndim > 1

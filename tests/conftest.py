@@ -7,6 +7,27 @@ os.environ.setdefault("EDGEFUSE_DEBUG", "0")
 # Under pytest-xdist (`make test` runs two workers, one per core) each worker gets one thread; alone, two.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
+# Markers by what a test needs, so `make test-fast` (-m "not slow") stays within two minutes on two cores:
+# fixtures that train for seconds-to-minutes or export full sets, and files whose every test trains, exports
+# at size, kills subprocesses or starts torchrun.
+_SLOW_FIXTURES = {"trained_checkpoint", "exported", "pristine_set", "previous_set"}
+_SLOW_FILES = {"test_distributed.py", "test_examples.py", "test_interrupted.py", "test_relative_paths.py",
+               "test_mobile.py", "test_studies.py", "test_analysis.py", "test_matrix_timm.py",
+               "test_matrix_torchvision.py", "test_cli.py", "test_doctor.py", "test_xnnpack.py"}
+_EXECUTORCH_FILES = {"test_mobile.py", "test_xnnpack.py"}
+_E2E_FILES = {"test_cli.py", "test_interrupted.py", "test_distributed.py", "test_examples.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        if name in _SLOW_FILES or _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        if name in _EXECUTORCH_FILES or "pte" in item.name:
+            item.add_marker(pytest.mark.executorch)
+        if name in _E2E_FILES:
+            item.add_marker(pytest.mark.e2e)
+
 
 def perturb_(module: torch.nn.Module, seed: int = 0, std: float = 0.3) -> torch.nn.Module:
     """Move every parameter off its (zero) initialisation so gradients and exports are exercised."""

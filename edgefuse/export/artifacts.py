@@ -110,7 +110,8 @@ def _finish_onnx(path: Path, contract: PreprocessContract, precision: str, simpl
             elif ok:
                 # onnxsim constant-folds weight DequantizeLinear back to fp32 (onnxsim#216): keep the unsimplified graph.
                 details["onnxsim"] = "reverted: it folded int8 weights back to fp32"
-                notes.append(f"{path.name}: onnxsim result discarded (it de-quantized {before['int8_weights'] - after['int8_weights']} weights)")
+                lost = before["int8_weights"] - after["int8_weights"]
+                notes.append(f"{path.name}: onnxsim result discarded (it de-quantized {lost} weights)")
             else:
                 details["onnxsim"] = "skipped: simplified model failed its check"
         except Exception as e:  # onnxsim is an optimisation; never fail an export on it
@@ -419,7 +420,7 @@ def stage_artifacts(
                             raise UnsupportedModelError(f"TorchScript export failed: {one_line(e)}; leave torchscript "
                                                         "out of --format to ship the other formats") from e
                         (tmp / name).unlink(missing_ok=True)
-                        notes.append(f"int8 TorchScript not produced: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
+                        notes.append(f"int8 TorchScript not produced: {type(e).__name__}: {one_line(e, 160)}")
         if "onnx" not in formats:
             arts = [a for a in arts if a.kind != "onnx"]
         for a in arts:

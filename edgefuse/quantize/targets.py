@@ -28,7 +28,8 @@ class Target:
 
 TARGETS = {
     "x86-vnni": Target("x86-vnni", "uint8", False, "AVX-512 VNNI / AVX-VNNI / AMX: u8 x s8 dot products without saturation"),
-    "x86-avx2": Target("x86-avx2", "uint8", True, "AVX2 without VNNI: vpmaddubsw pair sums saturate int16, so weights use 7 bits"),
+    "x86-avx2": Target("x86-avx2", "uint8", True, "AVX2 without VNNI: vpmaddubsw pair sums saturate int16, "
+                                                         "so weights use 7 bits"),
     "arm64": Target("arm64", "int8", False, "ARMv8 dot product (sdot): signed int8 activations and weights"),
 }
 

@@ -130,7 +130,8 @@ def validate_models(
         fp32=ModelResult(str(fp32_path), "fp32", size_f, top1["fp32"], top5["fp32"], lat["fp32"]),
         int8=ModelResult(str(int8_path), "int8", size_q, top1["int8"], top5["int8"], lat["int8"]),
         agreement=agree, sqnr_db=sq, size_ratio=size_q / size_f, latency_ratio=ratio, accuracy_drop=drop,
-        budgets=budgets, drop_ci=ci, per_class=per_class, failures=gate_failures(budgets, drop, ratio, ci, sq, Path(int8_path).name),
+        budgets=budgets, drop_ci=ci, per_class=per_class,
+        failures=gate_failures(budgets, drop, ratio, ci, sq, Path(int8_path).name),
         versions=v, predictions=preds,
     )
     if baseline is not None:

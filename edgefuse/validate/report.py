@@ -144,7 +144,8 @@ class ValidationReport:
             "# edgefuse validation report",
             "",
             f"Data: {self.data.get('source')} ({self.data.get('split')} split, {self.data.get('samples')} images). "
-            f"Runtime: {self.runtime.get('engine', 'onnxruntime')} {self.runtime.get('engine_version') or self.runtime.get('onnxruntime')} "
+            f"Runtime: {self.runtime.get('engine', 'onnxruntime')} "
+            f"{self.runtime.get('engine_version') or self.runtime.get('onnxruntime')} "
             f"CPU, {self.runtime.get('threads')} thread(s), "
             f"batch 1, {f.latency.get('runs')} interleaved runs. CPU: {self.runtime.get('cpu')}.",
             "",
@@ -180,8 +181,8 @@ class ValidationReport:
             + (f" {unit}, compared with the drop's "
                + ("measured value" if self.budgets.drop_bound == "estimate" else "95% CI upper end")
                if self.budgets.max_drop is not None else ""),
-            f"- max latency ratio: {self.budgets.max_latency_ratio if self.budgets.max_latency_ratio is not None else 'not gated'}",
-            f"- min int8 output SQNR: {f'{self.budgets.min_sqnr_db:g} dB' if self.budgets.min_sqnr_db is not None else 'not gated'}",
+            f"- max latency ratio: {_or_not_gated(self.budgets.max_latency_ratio)}",
+            f"- min int8 output SQNR: {_or_not_gated(self.budgets.min_sqnr_db, ' dB')}",
         ]
         if self.extra.get("pytorch_agreement") is not None:
             floor = self.budgets.min_artifact_agreement
@@ -239,6 +240,10 @@ class ValidationReport:
         if self.extra.get("notes"):
             lines += ["", "## Notes", ""] + [f"- {n}" for n in self.extra["notes"]]
         return "\n".join(lines) + "\n"
+
+
+def _or_not_gated(value, unit: str = "") -> str:
+    return "not gated" if value is None else f"{value:g}{unit}"
 
 
 def fallback_summary(fb: dict) -> str:

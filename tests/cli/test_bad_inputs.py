@@ -388,7 +388,8 @@ def _train_zero_epochs(t, c):
 CASES = {f.__name__.lstrip("_"): f for f in [
     _zero_runs, _negative_threads, _more_threads_than_cores, _zero_batch, _huge_input_size, _opset_too_old,
     _validate_out_is_a_file, _train_out_under_a_file,
-    _missing, _empty, _oversized_model, _truncated_ckpt, _corrupt_onnx, _truncated_onnx_inspect, _corrupt_pt2, _state_dict_mismatch,
+    _missing, _empty, _oversized_model, _truncated_ckpt, _corrupt_onnx, _truncated_onnx_inspect, _corrupt_pt2,
+    _state_dict_mismatch,
     _nan_weights, _pickled_module, _unknown_model, _unknown_fusion, _unknown_format, _empty_folder, _one_class,
     _zero_byte_image, _unreadable_image, _class_missing_from_split, _npz_wrong_keys, _npz_wrong_shape,
     _npz_wrong_dtype, _nan_calibration, _calibration_too_small, _input_too_small, _negative_max_drop,
