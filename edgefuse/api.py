@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgefuse.distributed import joins_process_group as _joins_process_group
+from edgefuse.export.formats import format_names, get_format, parse_formats
 from edgefuse.progress import NullProgress, Progress
 
 
@@ -481,10 +482,10 @@ def export_model(
     check_run_flags(threads=threads, runs=runs, batch=batch, input_size=(model_kwargs or {}).get("input_size"))
     check_output_dir(out)
     check_target(out, force)
-    if "pte" in formats:
-        from edgefuse._extras import require_executorch
-
-        require_executorch()  # before any work: a one-line error naming the extra
+    formats = parse_formats(list(formats))
+    for name in formats:  # before any work: a one-line error naming a missing extra
+        if get_format(name).requires is not None:
+            get_format(name).requires()
     model, contract, info = load_model_source(source, **(model_kwargs or {}))
     if quant_config is None:
         from edgefuse.quantize.targets import quant_config_for
@@ -526,7 +527,8 @@ def export_model(
         result["accuracy"]["fp32_pytorch"] = _accuracy(model, test_ds)
     if int8:
         calib_ds = ImageDataset(splits[calib].train, contract)
-        if set(formats) - {"pte"}:  # the ONNX-based formats (and TorchScript) share onnxruntime's int8 program
+        schemes = {get_format(f).int8_scheme for f in formats}
+        if "onnxruntime" in schemes:  # the ONNX-based formats (and TorchScript) share onnxruntime's int8 program
             reader = TensorBatches(calib_ds, quant_config.calib_samples, quant_config.calib_batch_size)
             quantized = quantize_ptq(model, reader, quant_config, progress=progress)
             if test_ds is not None:
@@ -546,7 +548,7 @@ def export_model(
                         quant_config = rebuilt.config  # the .pte build keeps the same modules in fp32
                         if test_ds is not None:
                             result["accuracy"]["fallback_pytorch"] = _accuracy(quantized.program, test_ds)
-        if "pte" in formats:
+        if "xnnpack" in schemes:
             # ExecuTorch runs XNNPACK's int8 kernels: same calibration data and gate rules, XNNPACK's
             # signed-int8 scheme.
             from dataclasses import replace
@@ -599,7 +601,8 @@ def _gate_staged(exported, result, model, quantized, pte_quantized, test_ds, fb,
     from edgefuse.validate.report import artifact_failures
 
     report = None
-    pairs = [(fmt, exported.path(fmt, "fp32"), exported.path(fmt, "int8")) for fmt in ("onnx", "ort", "pte")]
+    pairs = [(fmt, exported.path(fmt, "fp32"), exported.path(fmt, "int8")) for fmt in format_names()
+             if get_format(fmt).runtime is not None]
     pairs = [p for p in pairs if p[1] and p[2]]
     if validate and int8 and pairs:
         data_info = {"source": eval_source, "split": "test"} if eval_source else {"source": None}
@@ -623,8 +626,8 @@ def _gate_staged(exported, result, model, quantized, pte_quantized, test_ds, fb,
             onnx_int8 = exported.path("onnx", "int8")
             if onnx_int8 is not None:
                 report.extra["int8_pytorch_vs_onnxruntime_agreement"] = report.extra["pytorch_agreement"][onnx_int8.name]
-        delegation = {a.file: a.details["delegation"] for a in exported.artifacts if a.kind == "pte"}
-        usability = {a.file: a.details["mobile_usability"] for a in exported.artifacts if a.kind == "ort"}
+        delegation = {a.file: a.details["delegation"] for a in exported.artifacts if "delegation" in a.details}
+        usability = {a.file: a.details["mobile_usability"] for a in exported.artifacts if "mobile_usability" in a.details}
         if delegation:
             report.extra["delegation"] = delegation
         if usability:
@@ -727,8 +730,10 @@ def _agreement_with_pytorch(exported, model, quantized, pte_quantized, dataset, 
         refs["int8"] = quantized.program
     if pte_quantized is not None:
         refs["pte_int8"] = pte_quantized.program
-    files = [a for a in exported.artifacts if a.kind in ("onnx", "ort", "pte")]
-    key = {a.file: "fp32" if a.precision == "fp32" else ("pte_int8" if a.kind == "pte" else "int8") for a in files}
+    runnable = {f for f in format_names() if get_format(f).runtime is not None}
+    files = [a for a in exported.artifacts if a.kind in runnable]
+    key = {a.file: "fp32" if a.precision == "fp32" else
+           ("pte_int8" if get_format(a.kind).int8_scheme == "xnnpack" else "int8") for a in files}
     known = {}
     for a in files:
         r = reports.get(a.kind)

@@ -10,48 +10,23 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import onnx
 import torch
 from torch import nn
 
-from edgefuse._quiet import quiet
 from edgefuse._versions import cpu_name, sha256_file, versions
 from edgefuse.data.contract import PreprocessContract
-from edgefuse.errors import ExportError, UnsupportedModelError, UsageError, one_line
-from edgefuse.export.onnx import DEFAULT_OPSET, export_onnx, opset_of
-from edgefuse.runtimes.sidecar import contract_metadata
-from edgefuse.export.onnx_checks import (
-    compact,
-    reduce_mean_to_global_pool,
-    restore_module_metadata,
-    set_metadata,
-    strip_debug_metadata,
-    tile_channel_broadcasts,
-    weight_summary,
-)
+from edgefuse.errors import UsageError
+from edgefuse.export.formats import Artifact, BuildContext, build_order, get_format, parse_formats
+from edgefuse.export.onnx import DEFAULT_OPSET
+from edgefuse.runtimes.sidecar import sidecar_dict, sidecar_path
 
-FORMATS = ("onnx", "ort", "pte", "torchscript")
-#: Formats whose files a phone runtime loads; they get a fixed batch and a JSON contract sidecar.
-MOBILE_FORMATS = ("ort", "pte")
 MANIFEST = "manifest.json"
 #: Temporary folders of runs in progress: ``.edgefuse-export-<pid>-<random>`` inside the target folder.
 TEMP_PREFIX = ".edgefuse-export-"
 MANIFEST_VERSION = 1
-
-
-@dataclass
-class Artifact:
-    """One exported file."""
-
-    file: str
-    kind: str
-    precision: str
-    bytes: int = 0
-    sha256: str = ""
-    details: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -79,76 +54,6 @@ class ExportResult:
             if a.kind == kind and a.precision == precision:
                 return self.out_dir / a.file
         return None
-
-
-def parse_formats(spec: str | list[str]) -> tuple[str, ...]:
-    items = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    if not items:
-        raise UsageError("no export format given")
-    for s in items:
-        if s not in FORMATS:
-            raise UsageError(f"unknown format {s!r}; choose from: {', '.join(FORMATS)}")
-    return tuple(dict.fromkeys(items))
-
-
-def _finish_onnx(path: Path, contract: PreprocessContract, precision: str, simplify: bool, notes: list[str]) -> dict:
-    model = onnx.load(str(path))
-    strip_debug_metadata(model)
-    details: dict = {"opset": opset_of(model)}
-    before = weight_summary(model)
-    if simplify:
-        try:
-            import onnxsim
-
-            with quiet():
-                simplified, ok = onnxsim.simplify(model)
-            after = weight_summary(simplified) if ok else None
-            if ok and after["int8_weights"] == before["int8_weights"] and after["float_weights"] <= before["float_weights"]:
-                restore_module_metadata(model, simplified)
-                model = simplified
-                details["onnxsim"] = "applied"
-            elif ok:
-                # onnxsim constant-folds weight DequantizeLinear back to fp32 (onnxsim#216): keep the unsimplified graph.
-                details["onnxsim"] = "reverted: it folded int8 weights back to fp32"
-                lost = before["int8_weights"] - after["int8_weights"]
-                notes.append(f"{path.name}: onnxsim result discarded (it de-quantized {lost} weights)")
-            else:
-                details["onnxsim"] = "skipped: simplified model failed its check"
-        except Exception as e:  # onnxsim is an optimisation; never fail an export on it
-            details["onnxsim"] = f"skipped: {type(e).__name__}"
-    # onnxsim records its own run in metadata_props; artifacts carry only the contract.
-    kept = [p for p in model.metadata_props if not p.key.startswith("onnxsim.")]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    details["global_pools"] = reduce_mean_to_global_pool(model)
-    if precision == "int8":
-        details["tiled_gate_multiplies"] = tile_channel_broadcasts(model)
-    set_metadata(model, contract_metadata(contract, precision, versions().get("edgefuse", "")))
-    model.producer_name = "edgefuse"
-    compact(model)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    summary = weight_summary(model)
-    # fp32 weights are legitimate where the quantizer kept a conv wholly fp32 (stem, --exclude); what
-    # must never happen is fewer int8 weights than the exporter produced (folded back to fp32).
-    if precision == "int8" and (summary["int8_weights"] == 0 or summary["int8_weights"] < before["int8_weights"]
-                                or summary["float_weights"] > before["float_weights"]):
-        raise ExportError(
-            f"{path.name}: int8 check failed: {summary['int8_weights']} int8 and {summary['float_weights']} fp32 weight "
-            f"tensors feed Conv/Gemm (exported: {before['int8_weights']} and {before['float_weights']})"
-        )
-    details.update({k: v for k, v in summary.items() if k != "float_weight_nodes"})
-    return details
-
-
-def _torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> None:
-    with quiet(), torch.no_grad():
-        traced = torch.jit.trace(module, example, check_trace=False)
-        traced.save(str(path))
-        loaded = torch.jit.load(str(path))
-        got, ref = loaded(example), module(example)
-    if not torch.allclose(got, ref, atol=1e-3, rtol=1e-3):
-        raise ExportError(f"{path.name}: TorchScript output differs from PyTorch by {float((got - ref).abs().max()):.3g}")
 
 
 def _cpu_record() -> dict:
@@ -268,10 +173,8 @@ def _unvouched_files(out: Path) -> list[str]:
 
 
 def _mobile_sidecar(tmp: Path, a: Artifact, contract: PreprocessContract, input_shape: list[int]) -> Artifact:
-    from edgefuse.runtimes.sidecar import sidecar_dict, sidecar_path
-
     v = versions()
-    runtime_keys = {"ort": ("onnxruntime",), "pte": ("executorch", "torch")}[a.kind]
+    runtime_keys = get_format(a.kind).sidecar_versions
     data = sidecar_dict(a.file, a.kind, a.precision, contract, input_shape, sha256_file(tmp / a.file),
                         {k: v[k] for k in ("edgefuse", *runtime_keys) if k in v})
     path = sidecar_path(tmp / a.file)
@@ -331,26 +234,22 @@ def stage_artifacts(
     formats = parse_formats(list(formats))
     if batch is not None and batch < 1:
         raise UsageError(f"--batch must be >= 1, got {batch}")
-    if "pte" in formats:
-        from edgefuse._extras import require_executorch
-
-        require_executorch()
+    for name in formats:
+        if get_format(name).requires is not None:
+            get_format(name).requires()
     if out.exists() and not out.is_dir():
         raise UsageError(f"output {out} exists and is not a folder")
     check_target(out, force)
     model.eval()
-    example = torch.zeros((batch or 1, *contract.input_shape[1:]))
     mobile_batch = batch or 1
     mobile_shape = [mobile_batch, *contract.input_shape[1:]]
     if check_inputs is None:
         check_inputs = torch.randn((8, *contract.input_shape[1:]), generator=torch.Generator().manual_seed(0))
     notes: list[str] = []
     arts: list[Artifact] = []
-    variants = [("fp32", model)]
-    if quantized is not None:
-        variants.append(("int8", quantized.program))
-    # ORT files are converted from the ONNX files: build those even when only "ort" ships.
-    build = [f for f in FORMATS if f in formats or (f == "onnx" and "ort" in formats)]
+    variants = [("fp32", model)] + ([("int8", quantized.program)] if quantized is not None else [])
+    xnnpack_variants = [("fp32", model)] + ([("int8", pte_quantized.program)] if pte_quantized is not None else [])
+    order = build_order(formats)  # with the formats the asked ones convert (ort needs onnx)
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -365,64 +264,16 @@ def stage_artifacts(
             tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=out))
         except OSError as e:
             raise UsageError(f"cannot write to {out}: {e.strerror or e}") from None
-        for fmt in build:
-            if fmt == "onnx":
-                for precision, module in variants:
-                    name = f"model.{precision}.onnx"
-                    export_onnx(module, (example,), tmp / name, input_names=[contract.input_name],
-                                output_names=["logits"], dynamic_batch=batch is None, opset=opset)
-                    details = _finish_onnx(tmp / name, contract, precision, simplify, notes)
-                    arts.append(Artifact(name, "onnx", precision, details=details))
-            elif fmt == "ort":
-                from edgefuse.export.ort_mobile import (
-                    REQUIRED_OPERATORS,
-                    compare_with_onnx,
-                    convert_to_ort,
-                    mobile_usability,
-                    required_operators,
-                )
-
-                sources = [tmp / a.file for a in arts if a.kind == "onnx"]
-                ort_files, config = convert_to_ort(sources, tmp, mobile_batch)
-                for src, ort_file, (precision, _) in zip(sources, ort_files, variants):
-                    parity = compare_with_onnx(ort_file, src, check_inputs.numpy())
-                    if parity["top1_agreement"] < 0.99:
-                        raise ExportError(f"{ort_file.name} disagrees with {src.name} on "
-                                          f"{100 * (1 - parity['top1_agreement']):.1f}% of the check inputs")
-                    a = Artifact(ort_file.name, "ort", precision, details={
-                        "batch": mobile_batch, "converted_from": src.name, "optimization": "all, target arm",
-                        "parity_with_onnx": parity, "mobile_usability": mobile_usability(src, mobile_batch)})
-                    arts += [a, _mobile_sidecar(tmp, a, contract, mobile_shape)]
-                arts.append(Artifact(REQUIRED_OPERATORS, "ort-operators", "any", details={
-                    "operators": required_operators(config),
-                    "use": "onnxruntime reduced build: build.py --minimal_build --include_ops_by_config " + REQUIRED_OPERATORS}))
-            elif fmt == "pte":
-                from edgefuse.export.executorch_pte import export_pte
-
-                pte_variants = [("fp32", model)]
-                if pte_quantized is not None:
-                    pte_variants.append(("int8", pte_quantized.program))
-                mobile_example = torch.zeros(mobile_shape)
-                for precision, module in pte_variants:
-                    name = f"model.{precision}.pte"
-                    details = export_pte(module, mobile_example, tmp / name)
-                    a = Artifact(name, "pte", precision, details=details)
-                    arts += [a, _mobile_sidecar(tmp, a, contract, mobile_shape)]
-            elif fmt == "torchscript":
-                for precision, module in variants:
-                    name = f"model.{precision}.torchscript.pt"
-                    try:
-                        _torchscript(module, example, tmp / name)
-                        arts.append(Artifact(name, "torchscript", precision,
-                                             details={"note": "server-side PyTorch only; not a mobile format"}))
-                    except Exception as e:
-                        if precision == "fp32":
-                            raise UnsupportedModelError(f"TorchScript export failed: {one_line(e)}; leave torchscript "
-                                                        "out of --format to ship the other formats") from e
-                        (tmp / name).unlink(missing_ok=True)
-                        notes.append(f"int8 TorchScript not produced: {type(e).__name__}: {one_line(e, 160)}")
-        if "onnx" not in formats:
-            arts = [a for a in arts if a.kind != "onnx"]
+        example = torch.zeros((batch or 1, *contract.input_shape[1:]))
+        ctx = BuildContext(tmp, contract, variants, xnnpack_variants, example, mobile_shape, batch is None, opset,
+                           simplify, check_inputs, notes, built=[])
+        for fmt in order:
+            files = fmt.build(ctx)
+            if fmt.mobile:  # every phone file carries its contract beside it
+                files += [_mobile_sidecar(tmp, a, contract, mobile_shape) for a in list(files) if a.kind == fmt.name]
+            ctx.built.extend(files)
+            if fmt.name in formats:  # a format built only to be converted (onnx for ort) is not shipped
+                arts.extend(files)
         for a in arts:
             p = tmp / a.file
             a.bytes, a.sha256 = p.stat().st_size, sha256_file(p)
@@ -432,7 +283,7 @@ def stage_artifacts(
             "versions": versions(),
             "contract": contract.to_dict(),
             "export": {"formats": list(formats), "opset": opset, "batch": batch if batch else "dynamic",
-                       "mobile_batch": mobile_batch if set(formats) & set(MOBILE_FORMATS) else None,
+                       "mobile_batch": mobile_batch if any(get_format(f).mobile for f in formats) else None,
                        "simplify": simplify},
             "quantization": None if quantized is None else {
                 "method": quantized.method, "config": quantized.config.to_dict(),

@@ -73,7 +73,7 @@ def test_fixed_batch_and_refusal_to_overwrite(trained_checkpoint, tmp_path):
 
 
 def test_failed_export_leaves_nothing(trained_checkpoint, tmp_path, monkeypatch):
-    import edgefuse.export.artifacts as art
+    import edgefuse.export.formats.onnx as art  # the onnx format calls the exporter
 
     lm = load_checkpoint(trained_checkpoint)
     calls = {"n": 0}
@@ -167,7 +167,7 @@ def test_gate_multiplies_are_tiled_bit_identically(tmp_path, monkeypatch):
     """EfficientAttention gates on a 32x32x16 map: the int8 export views each multiply as (N, H*W/k, k*C) so onnxruntime's
     QLinearMul runs over long spans; the logits must not change by a single bit, and onnxruntime must
     cancel the view's transposes against its own NHWC ones (no more layout ops than without it)."""
-    import edgefuse.export.artifacts as artifacts
+    import edgefuse.export.formats.onnx as artifacts  # where the onnx format applies its passes
     from edgefuse.models import create_model
     from edgefuse.quantize import TensorBatches, quantize_ptq
     from edgefuse.validate.doctor import diagnose
@@ -204,7 +204,7 @@ def _negate_classifier_scale(model):
 
 def test_a_broken_int8_file_fails_the_default_gate(tiny_checkpoint, tmp_path, monkeypatch):
     """No --max-drop, no labels needed: the file is compared with the program it came from, and its SQNR."""
-    import edgefuse.export.artifacts as artifacts
+    import edgefuse.export.formats.onnx as artifacts  # where the onnx format applies its passes
     from edgefuse.api import export_model
     from edgefuse.cli.main import main
     from edgefuse.validate import Budgets

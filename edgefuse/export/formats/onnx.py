@@ -1,0 +1,88 @@
+"""``onnx``: ``model.{fp32,int8}.onnx`` (QDQ int8), run by onnxruntime; the contract in ``metadata_props``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from edgefuse._quiet import quiet
+from edgefuse._versions import versions
+from edgefuse.data.contract import PreprocessContract
+from edgefuse.errors import ExportError
+from edgefuse.export.formats.base import Artifact, BuildContext, Format
+from edgefuse.export.onnx import export_onnx, opset_of
+from edgefuse.export.onnx_checks import (
+    compact,
+    reduce_mean_to_global_pool,
+    restore_module_metadata,
+    set_metadata,
+    strip_debug_metadata,
+    tile_channel_broadcasts,
+    weight_summary,
+)
+from edgefuse.runtimes.sidecar import contract_metadata
+
+
+def build(ctx: BuildContext) -> list[Artifact]:
+    arts = []
+    for precision, module in ctx.variants:
+        name = f"model.{precision}.onnx"
+        export_onnx(module, (ctx.example,), ctx.folder / name, input_names=[ctx.contract.input_name],
+                    output_names=["logits"], dynamic_batch=ctx.dynamic_batch, opset=ctx.opset)
+        details = finish_onnx(ctx.folder / name, ctx.contract, precision, ctx.simplify, ctx.notes)
+        arts.append(Artifact(name, "onnx", precision, details=details))
+    return arts
+
+
+FORMAT = Format("onnx", "QDQ int8 for onnxruntime, dynamic batch unless --batch", build, runtime="onnxruntime")
+
+
+def finish_onnx(path: Path, contract: PreprocessContract, precision: str, simplify: bool, notes: list[str]) -> dict:
+    model = onnx.load(str(path))
+    strip_debug_metadata(model)
+    details: dict = {"opset": opset_of(model)}
+    before = weight_summary(model)
+    if simplify:
+        try:
+            import onnxsim
+
+            with quiet():
+                simplified, ok = onnxsim.simplify(model)
+            after = weight_summary(simplified) if ok else None
+            if ok and after["int8_weights"] == before["int8_weights"] and after["float_weights"] <= before["float_weights"]:
+                restore_module_metadata(model, simplified)
+                model = simplified
+                details["onnxsim"] = "applied"
+            elif ok:
+                # onnxsim constant-folds weight DequantizeLinear back to fp32 (onnxsim#216): keep the unsimplified graph.
+                details["onnxsim"] = "reverted: it folded int8 weights back to fp32"
+                lost = before["int8_weights"] - after["int8_weights"]
+                notes.append(f"{path.name}: onnxsim result discarded (it de-quantized {lost} weights)")
+            else:
+                details["onnxsim"] = "skipped: simplified model failed its check"
+        except Exception as e:  # onnxsim is an optimisation; never fail an export on it
+            details["onnxsim"] = f"skipped: {type(e).__name__}"
+    # onnxsim records its own run in metadata_props; artifacts carry only the contract.
+    kept = [p for p in model.metadata_props if not p.key.startswith("onnxsim.")]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    details["global_pools"] = reduce_mean_to_global_pool(model)
+    if precision == "int8":
+        details["tiled_gate_multiplies"] = tile_channel_broadcasts(model)
+    set_metadata(model, contract_metadata(contract, precision, versions().get("edgefuse", "")))
+    model.producer_name = "edgefuse"
+    compact(model)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    summary = weight_summary(model)
+    # fp32 weights are legitimate where the quantizer kept a conv wholly fp32 (stem, --exclude); what
+    # must never happen is fewer int8 weights than the exporter produced (folded back to fp32).
+    if precision == "int8" and (summary["int8_weights"] == 0 or summary["int8_weights"] < before["int8_weights"]
+                                or summary["float_weights"] > before["float_weights"]):
+        raise ExportError(
+            f"{path.name}: int8 check failed: {summary['int8_weights']} int8 and {summary['float_weights']} fp32 weight "
+            f"tensors feed Conv/Gemm (exported: {before['int8_weights']} and {before['float_weights']})"
+        )
+    details.update({k: v for k, v in summary.items() if k != "float_weight_nodes"})
+    return details
