@@ -143,7 +143,7 @@ def describe_artifact(path: str | Path) -> dict:
     from edgefuse._files import check_input_file
     from edgefuse._versions import sha256_file
     from edgefuse.data import PreprocessContract
-    from edgefuse.errors import InputFileError
+    from edgefuse.errors import InputFileError, MissingExtraError
 
     p = check_input_file(path)
     suffix = p.suffix.lower()
@@ -198,10 +198,8 @@ def describe_artifact(path: str | Path) -> dict:
             from edgefuse.runtimes import PteModel
 
             info["input shape (runtime)"] = PteModel(p).input_shape
-        except ImportError:
-            pass
-        except Exception as e:  # the extra is optional for inspecting
-            info["runtime"] = str(e)
+        except MissingExtraError:  # the extra is optional for inspecting; a file it cannot load is not
+            info["runtime"] = "ExecuTorch not installed: the shape is the sidecar's"
         return {**info, **base}
     raise InputFileError(f"{p}: unknown file type {suffix or '(none)'}; inspect reads model.pt, .onnx, .ort, .pte "
                          "and TorchScript files")

@@ -369,6 +369,18 @@ def _inspect_garbage_pte(t, c):
     return ["inspect", str(t / "m.pte")], ["m.pte"]
 
 
+def _inspect_truncated_pte_with_sidecar(t, c):
+    import json
+
+    from edgefuse.data import PreprocessContract
+    from edgefuse.runtimes.sidecar import sidecar_dict
+
+    (t / "m.pte").write_bytes(b"\x1c\x00\x00\x00ET12" + b"\x00" * 40)  # ExecuTorch's header, then nothing
+    side = sidecar_dict("m.pte", "pte", "int8", PreprocessContract(8, 1, [0.0], [1.0]), [1, 1, 8, 8], "", {})
+    (t / "m.pte.json").write_text(json.dumps(side))
+    return ["inspect", str(t / "m.pte")], ["ExecuTorch cannot load", "m.pte"]
+
+
 def _doctor_missing_file(t, c):
     return ["doctor", str(t / "nope.onnx")], ["not found"]
 
@@ -398,7 +410,8 @@ CASES = {f.__name__.lstrip("_"): f for f in [
     _factory_raises, _factory_not_a_module, _factory_without_contract, _pte_lowering_fails, _empty_class_folder,
     _empty_class_folder_presplit, _label_gaps, _classes_differ, _classes_reordered, _flag_not_an_integer,
     _unknown_option, _missing_argument, _unknown_command, _opset_too_new, _contract_flag_on_checkpoint,
-    _baseline_not_json, _verify_garbage_manifest, _zero_calib_samples, _inspect_garbage_pte, _doctor_missing_file,
+    _baseline_not_json, _verify_garbage_manifest, _zero_calib_samples, _inspect_garbage_pte, _inspect_truncated_pte_with_sidecar,
+    _doctor_missing_file,
     _analyze_zero_samples, _ablate_unknown_fusion, _train_zero_epochs,
 ]}
 
