@@ -65,7 +65,7 @@ def measure(name: str, size: int, work: Path, *, formats=("onnx",), threads=(), 
                        budgets=Budgets(max_latency_ratio=None),
                        model_kwargs={"input_size": size, "channels": 3, "mean": list(MEAN), "std": list(STD)})
     export_s = time.perf_counter() - t0
-    report, exported = res["report"], res["export"]
+    report, exported = res.report, res.export
     plain = export_onnx(model, (_stack(train, 1),), work / "plain.fp32.onnx")
     ort_int8 = ort_quantize_static(plain, work / "plain.ort-int8.onnx", _stack(train, CALIB).numpy())
     x = _stack(test, len(test)).numpy()

@@ -58,7 +58,8 @@ def analyze_model(
     import numpy as np
     import torch
 
-    from edgefuse.api import gate_log_path, load_model_source
+    from edgefuse.api import gate_log_path
+    from edgefuse.pipeline.source import load_model_source
     from edgefuse.data import ImageDataset, check_same_classes, load_data
     from edgefuse.errors import DataError, UsageError
     import copy
@@ -266,8 +267,8 @@ def ablate_models(
             ex = export_model(vdir / "model.pt", vdir / "build", int8=True, calib=data, formats=("onnx",),
                               budgets=Budgets(max_latency_ratio=None), threads=threads, runs=5, force=True,
                               seed=seed, fallback=False, progress=progress)
-            r = ex["report"]
-            files[name] = (ex["export"].path("onnx", "fp32"), ex["export"].path("onnx", "int8"))
+            r = ex.report
+            files[name] = (ex.export.path("onnx", "fp32"), ex.export.path("onnx", "int8"))
             rows.append({
                 "variant": name, "fusion": fusion, "positions": pos, "params": params, "macs": macs,
                 "train_seconds": round(tr["train_seconds"], 1), "val_top1": tr["val_top1"],

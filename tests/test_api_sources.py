@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from edgefuse.api import load_model_source
+from edgefuse.pipeline.source import load_model_source
 from edgefuse.errors import CheckpointError, UsageError
 from edgefuse.models import create_model
 
@@ -109,9 +109,9 @@ def test_exported_programs_stay_in_eval_mode_after_evaluation(tmp_path):
     res = export_model(tmp_path / "d.pt2", tmp_path / "b", calib="digits", formats=("onnx",), runs=3,
                        model_kwargs={"input_size": 8, "channels": 1},
                        budgets=Budgets(max_latency_ratio=None))
-    agree = res["report"].extra["pytorch_agreement"]
+    agree = res.report.extra["pytorch_agreement"]
     assert agree["model.int8.onnx"] == 1.0 and agree["model.fp32.onnx"] == 1.0, agree
-    assert np.isfinite(res["report"].sqnr_db) and res["report"].sqnr_db > 15, res["report"].sqnr_db
+    assert np.isfinite(res.report.sqnr_db) and res.report.sqnr_db > 15, res.report.sqnr_db
 
 
 @pytest.mark.parametrize("lo,hi", [(1, 64), (2, 16)])

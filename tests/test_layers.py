@@ -26,6 +26,7 @@ LAYERS = [
     ("export", {"export"}),
     ("validate", {"validate"}),
     ("reports", {"reports"}),
+    ("pipeline", {"pipeline"}),
     ("entry points", {"api"}),
     ("studies", {"studies"}),
     ("command line", {"cli"}),

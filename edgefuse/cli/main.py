@@ -345,23 +345,23 @@ def export(
         )
     finally:
         progress.close()
-    if res.get("export") is None:  # a helper rank under torchrun: QAT done, rank 0 writes and reports
+    if res.export is None:  # a helper rank under torchrun: QAT done, rank 0 writes and reports
         return
-    report = res["report"]
+    report = res.report
     if json_out:
         import json
 
-        typer.echo(json.dumps(report.to_dict() if report else {"artifacts": res["export"].manifest["artifacts"]}, indent=2))
+        typer.echo(json.dumps(report.to_dict() if report else {"artifacts": res.export.manifest["artifacts"]}, indent=2))
     elif not quiet:
         from edgefuse.cli._ui import out as console
 
-        for a in res["export"].artifacts:
-            console.print(f"wrote {res['export'].out_dir / a.file}  ({a.bytes / 1024:.0f} KiB)", highlight=False)
-        for n in res["export"].notes:
+        for a in res.export.artifacts:
+            console.print(f"wrote {res.export.out_dir / a.file}  ({a.bytes / 1024:.0f} KiB)", highlight=False)
+        for n in res.export.notes:
             console.print(f"note: {n}", highlight=False)
         if report:
-            _print_report(report, res["accuracy"])
-            console.print(f"report: {res['export'].out_dir / 'report.md'}", highlight=False)
+            _print_report(report, res.accuracy)
+            console.print(f"report: {res.export.out_dir / 'report.md'}", highlight=False)
     if report:
         _gate_exit(report)
 

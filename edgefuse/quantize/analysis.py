@@ -24,7 +24,7 @@ from edgefuse.progress import NullProgress, Progress
 from edgefuse.quantize.config import QuantConfig
 from edgefuse.quantize.pt2e import CalibrationDataReader, allow_train_eval, calibrate, fp32_inputs_for_excluded
 from edgefuse.quantize.quantizer import module_path
-from edgefuse.metrics import sqnr_db
+from edgefuse.metrics import sqnr_db, within
 
 import_pt2e()
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e  # noqa: E402
@@ -419,7 +419,7 @@ def greedy_fallback(
         cur = acc()
     steps.append({"module": None, "top1": cur, "drop_pp": 100 * (fp32 - cur)})
     for name in ranking[: max_modules or len(ranking)]:
-        if 100 * (fp32 - cur) <= max_drop_pp + 1e-9:
+        if within(100 * (fp32 - cur), max_drop_pp):
             break
         kept.append(name)
         with program.fp32_only(kept):

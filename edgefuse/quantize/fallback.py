@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from edgefuse.errors import DataError
+from edgefuse.metrics import drop_of, within
 from edgefuse.progress import NullProgress, Progress
 from edgefuse.quantize.analysis import (
     batched_logits,
@@ -18,7 +19,8 @@ from edgefuse.quantize.analysis import (
     top1,
 )
 from edgefuse.quantize.config import QuantConfig
-from edgefuse.quantize.pt2e import QuantizedModel, TensorBatches
+from edgefuse.quantize.pt2e import QuantizedModel, TensorBatches, quantize_ptq, quantize_qat
+from edgefuse.training import evaluate
 
 
 @dataclass
@@ -103,7 +105,7 @@ def accuracy_fallback(
     ranking = sens.ranked()
     before = sens.int8_top1 if before_top1 is None else before_top1
     result = FallbackResult(split_name, budget_pp, fp32, before, before, [], True, ranking=ranking[:10])
-    if 100 * (fp32 - before) <= budget_pp + 1e-9:
+    if within(100 * (fp32 - before), budget_pp):
         return None, result
     chosen, _ = greedy_fallback(prog, ranking, select_data, budget_pp, max_modules=max_modules)
     built = None
@@ -114,7 +116,7 @@ def accuracy_fallback(
         built = quantize(cfg)
         acc = _top1(built.program, x, y)
         result.steps.append({"kept_fp32": list(kept), "top1": acc, "drop_pp": 100 * (fp32 - acc)})
-        if 100 * (fp32 - acc) <= budget_pp + 1e-9 or len(kept) >= max_modules:
+        if within(100 * (fp32 - acc), budget_pp) or len(kept) >= max_modules:
             break
         nxt = next((m for m in ranking if m not in tried), None)
         if nxt is None:
@@ -122,5 +124,33 @@ def accuracy_fallback(
         kept.append(nxt)
         tried.add(nxt)
     result.kept_fp32, result.after_top1 = kept, acc
-    result.met = 100 * (fp32 - acc) <= budget_pp + 1e-9
+    result.met = within(100 * (fp32 - acc), budget_pp)
     return built, result
+
+
+def fallback_within_budget(model: torch.nn.Module, quantized: QuantizedModel, calibration_data, select_data,
+                           config: QuantConfig, *, max_drop: float, drop_type: str = "absolute", qat_config=None,
+                           progress: Progress = NullProgress(), dist=None) -> tuple[QuantizedModel | None,
+                                                                                    FallbackResult | None]:
+    """:func:`accuracy_fallback` when ``quantized`` loses more than ``max_drop`` on ``select_data`` (the
+    validation split), rebuilding the way ``quantized`` was built (PTQ, or QAT with ``qat_config``).
+
+    Returns:
+        ``(None, None)`` when the build is within budget (or there is nothing to select on); else the
+        rebuilt program (None when none fits) and the search's record.
+    """
+    if len(select_data) == 0:
+        return None, None
+    fp32, int8 = evaluate(model, select_data), evaluate(quantized.program, select_data)
+    if within(drop_of(fp32, int8, drop_type), max_drop):
+        return None, None
+
+    def rebuild(cfg: QuantConfig) -> QuantizedModel:
+        if qat_config is not None:
+            return quantize_qat(model, calibration_data, cfg, qat_config, progress=progress, dist=dist)
+        return quantize_ptq(model, TensorBatches(calibration_data, cfg.calib_samples, cfg.calib_batch_size), cfg,
+                            progress=progress)
+
+    return accuracy_fallback(model, calibration_data, select_data, config, rebuild, max_drop=max_drop,
+                             drop_type=drop_type, progress=progress, before_top1=int8)
+

@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from edgefuse.errors import UsageError
+from edgefuse.metrics import drop_of, within  # noqa: F401 -- drop_of: the report's own vocabulary
 
 REPORT_SCHEMA = "edgefuse.report"
 REPORT_SCHEMA_VERSION = 1
@@ -257,12 +258,6 @@ def fallback_summary(fb: dict) -> str:
             f"{verdict} budget. The test split gates the result.")
 
 
-def drop_of(fp32_top1: float, int8_top1: float, drop_type: str) -> float:
-    """Accuracy drop in percentage points (absolute) or percent of fp32 (relative); negative = int8 better."""
-    pp = 100.0 * (fp32_top1 - int8_top1)
-    return pp if drop_type == "absolute" else (100.0 * pp / (100.0 * fp32_top1) if fp32_top1 > 0 else 0.0)
-
-
 def gate_failures(budgets: Budgets, accuracy_drop: float | None, latency_ratio: float,
                   drop_ci: tuple[float, float] | None = None, sqnr_db: float | None = None,
                   int8_file: str = "int8") -> list[str]:
@@ -273,10 +268,10 @@ def gate_failures(budgets: Budgets, accuracy_drop: float | None, latency_ratio: 
     unit = "pp" if budgets.drop_type == "absolute" else "% (relative)"
     if budgets.max_drop is not None and accuracy_drop is not None:
         if budgets.drop_bound == "upper" and drop_ci is not None:
-            if drop_ci[1] > budgets.max_drop + 1e-9:
+            if not within(drop_ci[1], budgets.max_drop):
                 fails.append(f"accuracy drop {accuracy_drop:.2f} {unit} has a 95% CI reaching {drop_ci[1]:.2f}, "
                              f"above --max-drop {budgets.max_drop:g} (--drop-bound upper)")
-        elif accuracy_drop > budgets.max_drop + 1e-9:
+        elif not within(accuracy_drop, budgets.max_drop):
             fails.append(f"accuracy drop {accuracy_drop:.2f} {unit} exceeds --max-drop {budgets.max_drop:g} "
                          f"by {accuracy_drop - budgets.max_drop:.2f}")
     if budgets.max_latency_ratio is not None and latency_ratio > budgets.max_latency_ratio:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edgefuse.errors import InputFileError, UsageError
+from edgefuse.metrics import within
 
 
 def bootstrap_drop_ci(
@@ -114,7 +115,7 @@ def baseline_failures(baseline: dict, *, int8_top1: float | None, latency_ratio:
     if b_top1 is not None and int8_top1 is not None:
         reg = 100.0 * (b_top1 - int8_top1)
         cmp["top1_regression_pp"] = reg
-        if reg > max_top1_regression + 1e-9:
+        if not within(reg, max_top1_regression):
             fails.append(f"int8 top-1 {100 * int8_top1:.2f}% regressed {reg:.2f} pp below the baseline's "
                          f"{100 * b_top1:.2f}% (allowed {max_top1_regression:g} pp)")
     if b_ratio and math.isfinite(b_ratio):

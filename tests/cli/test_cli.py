@@ -98,7 +98,7 @@ def test_export_int8_then_validate_cli(trained_checkpoint, tmp_path):
 def test_validate_damaged_int8_exits_1(exported, tmp_path):
     from tests.conftest import damage_int8_onnx
 
-    res = exported["export"]
+    res = exported.export
     bad = damage_int8_onnx(res.path("onnx", "int8"), tmp_path / "bad.onnx")
     r = run("validate", "--fp32", str(res.path("onnx", "fp32")), "--int8", str(bad), "--data", "digits",
             "--runs", "5", "--max-drop", "0.5", "--max-latency-ratio", "100", "--out", str(tmp_path / "rep"))
@@ -120,11 +120,11 @@ def test_export_bad_options(tiny_checkpoint, tmp_path, args, needle):
 
 
 def test_doctor_cli(exported):
-    r = run("doctor", str(exported["export"].path("onnx", "int8")), "--runs", "3", "--json")
+    r = run("doctor", str(exported.export.path("onnx", "int8")), "--runs", "3", "--json")
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["int8_ops"] > 0 and rep["op_counts"]["QLinearConv"] > 0
-    r = run("doctor", str(exported["export"].path("onnx", "int8")), "--runs", "3")
+    r = run("doctor", str(exported.export.path("onnx", "int8")), "--runs", "3")
     assert r.returncode == 0 and "int8 ops" in r.stdout
 
 
@@ -138,7 +138,7 @@ def test_unknown_target(tiny_checkpoint, tmp_path):
 
 
 def test_min_samples_and_baseline_gate(exported, tmp_path):
-    res = exported["export"]
+    res = exported.export
     fp32, int8 = str(res.path("onnx", "fp32")), str(res.path("onnx", "int8"))
     common = ["validate", "--fp32", fp32, "--int8", int8, "--data", "digits", "--runs", "5",
               "--max-latency-ratio", "100"]

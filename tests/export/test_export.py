@@ -16,7 +16,7 @@ from edgefuse.validate import OrtModel
 
 
 def test_artifacts_and_manifest(exported):
-    res = exported["export"]
+    res = exported.export
     files = {a.file for a in res.artifacts}
     assert {"model.fp32.onnx", "model.int8.onnx", "model.fp32.torchscript.pt"} <= files
     manifest = json.loads((res.out_dir / "manifest.json").read_text())
@@ -29,7 +29,7 @@ def test_artifacts_and_manifest(exported):
 
 
 def test_int8_onnx_holds_int8_weights_and_is_small(exported):
-    res = exported["export"]
+    res = exported.export
     f32, q8 = res.path("onnx", "fp32"), res.path("onnx", "int8")
     s = weight_summary(onnx.load(str(q8)))
     # every conv reads int8 weights except the stem over the 1-channel pixels, kept wholly fp32 by design
@@ -39,23 +39,23 @@ def test_int8_onnx_holds_int8_weights_and_is_small(exported):
 
 
 def test_onnx_metadata_carries_contract(exported, trained_checkpoint):
-    meta = read_metadata(onnx.load(str(exported["export"].path("onnx", "int8"))))
+    meta = read_metadata(onnx.load(str(exported.export.path("onnx", "int8"))))
     contract = PreprocessContract.from_dict(json.loads(meta["edgefuse.contract"]))
     assert contract == load_checkpoint(trained_checkpoint).contract
     assert json.loads(meta["class_names"]) == [str(i) for i in range(10)]
 
 
 def test_no_local_paths_leak_into_onnx(exported):
-    data = exported["export"].path("onnx", "int8").read_bytes()
+    data = exported.export.path("onnx", "int8").read_bytes()
     assert b"site-packages" not in data and b"stack_trace" not in data
 
 
 def test_pytorch_int8_and_onnxruntime_int8_agree(exported):
-    assert exported["report"].extra["int8_pytorch_vs_onnxruntime_agreement"] >= 0.99
+    assert exported.report.extra["int8_pytorch_vs_onnxruntime_agreement"] >= 0.99
 
 
 def test_dynamic_batch_runs_any_batch(exported):
-    m = OrtModel(exported["export"].path("onnx", "int8"))
+    m = OrtModel(exported.export.path("onnx", "int8"))
     assert m.fixed_batch is None
     for b in (1, 7):
         assert m.run(np.zeros((b, 1, 32, 32), np.float32)).shape == (b, 10)
@@ -102,7 +102,7 @@ def test_failed_export_leaves_nothing(trained_checkpoint, tmp_path, monkeypatch)
 
 def test_folded_weights_are_detected(exported, tmp_path):
     # What onnxsim's constant folding does to a QDQ model: weights become fp32 initializers.
-    m = onnx.load(str(exported["export"].path("onnx", "int8")))
+    m = onnx.load(str(exported.export.path("onnx", "int8")))
     from onnx import numpy_helper
 
     inits = {t.name: t for t in m.graph.initializer}
@@ -218,7 +218,7 @@ def test_a_broken_int8_file_fails_the_default_gate(tiny_checkpoint, tmp_path, mo
     monkeypatch.setattr(artifacts, "tile_channel_broadcasts", damaging)
     res = export_model(tiny_checkpoint, tmp_path / "b", calib="digits", formats=("onnx",), runs=3,
                        budgets=Budgets(max_latency_ratio=None))
-    report = res["report"]
+    report = res.report
     assert report.extra["pytorch_agreement"]["model.int8.onnx"] < 0.5
     assert any("model.int8.onnx agrees with the PyTorch program" in f for f in report.failures), report.failures
     assert any("SQNR" in f and "--min-sqnr" in f for f in report.failures), report.failures
@@ -245,9 +245,9 @@ def test_opset_is_written_as_asked(tiny_checkpoint, tmp_path, opset):
     res = export_model(tiny_checkpoint, tmp_path / "b", calib="digits", formats=("onnx",), runs=2, opset=opset,
                        budgets=Budgets(max_latency_ratio=None))
     for precision in ("fp32", "int8"):
-        m = onnx.load(str(res["export"].path("onnx", precision)))
+        m = onnx.load(str(res.export.path("onnx", precision)))
         assert [o.version for o in m.opset_import if o.domain in ("", "ai.onnx")] == [opset]
-    assert res["export"].manifest["export"]["opset"] == opset and res["report"].passed, res["report"].failures
+    assert res.export.manifest["export"]["opset"] == opset and res.report.passed, res.report.failures
 
 
 @pytest.mark.parametrize("opset", [3, 13, 17, 25])

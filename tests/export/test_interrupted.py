@@ -120,11 +120,11 @@ def test_a_failed_gate_is_recorded_and_verify_refuses_the_set(tiny_checkpoint, t
 
     res = export_model(tiny_checkpoint, tmp_path / "b", formats=("onnx",), runs=3,
                        budgets=Budgets(max_latency_ratio=1e-6))  # impossible: the gate fails
-    assert not res["report"].passed
-    manifest = res["export"].manifest
+    assert not res.report.passed
+    manifest = res.export.manifest
     assert manifest["gate"]["passed"] is False and manifest["gate"]["failures"]
     assert (tmp_path / "b" / "report.json").exists()  # the reports a failed gate promises
-    assert str(tmp_path / "b" / "model.int8.onnx") == res["report"].int8.file  # published paths, not staging
+    assert str(tmp_path / "b" / "model.int8.onnx") == res.report.int8.file  # published paths, not staging
     v = verify_artifacts(tmp_path / "b")
     assert not v.ok and any("failed its gate" in p for p in v.problems)
 

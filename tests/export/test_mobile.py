@@ -25,7 +25,7 @@ def mobile(trained_checkpoint, tmp_path_factory):
 
 
 def test_every_mobile_file_is_written_hashed_and_has_a_sidecar(mobile):
-    out = mobile["export"].out_dir
+    out = mobile.export.out_dir
     manifest = json.loads((out / "manifest.json").read_text())
     listed = {a["file"]: a for a in manifest["artifacts"]}
     for name in ("model.fp32.ort", "model.int8.ort", "model.fp32.pte", "model.int8.pte"):
@@ -41,25 +41,25 @@ def test_every_mobile_file_is_written_hashed_and_has_a_sidecar(mobile):
 
 
 def test_required_operators_config_names_the_int8_kernels(mobile):
-    ops = mobile["export"].manifest["artifacts"]
+    ops = mobile.export.manifest["artifacts"]
     config = next(a for a in ops if a["file"] == "required_operators.config")["details"]["operators"]
     flat = {op for names in config.values() for op in names}
     assert {"QLinearConv", "Conv"} <= flat, flat
 
 
 def test_each_artifact_matches_pytorch_in_its_runtime(mobile):
-    agree = mobile["report"].extra["pytorch_agreement"]
+    agree = mobile.report.extra["pytorch_agreement"]
     assert set(agree) == {f"model.{p}.{k}" for p in ("fp32", "int8") for k in ("onnx", "ort", "pte")}
     for name, value in agree.items():
         assert value >= 0.99, (name, value)
 
 
 def test_report_covers_every_format_with_delegation_and_usability(mobile):
-    rep = mobile["report"]
+    rep = mobile.report
     formats = rep.extra["formats"]
     assert list(formats) == ["onnx", "ort", "pte"]
     assert formats["pte"]["engine"] == "executorch" and formats["ort"]["engine"] == "onnxruntime"
-    acc = mobile["accuracy"]
+    acc = mobile.accuracy
     assert abs(formats["pte"]["fp32_top1"] - acc["fp32_pytorch"]) < 1e-9
     assert abs(formats["pte"]["int8_top1"] - acc["xnnpack_int8_pytorch"]) <= 1 / 269 + 1e-9
     d = rep.extra["delegation"]["model.int8.pte"]
@@ -69,7 +69,7 @@ def test_report_covers_every_format_with_delegation_and_usability(mobile):
     u = rep.extra["mobile_usability"]["model.int8.ort"]
     assert {"nnapi", "coreml_mlprogram", "coreml_neuralnetwork", "limit"} <= set(u)
     assert u["nnapi"]["verdict"] in ("YES", "MAYBE", "NO") and u["nnapi"]["nodes"] > 0
-    md = (mobile["export"].out_dir / "report.md").read_text()
+    md = (mobile.export.out_dir / "report.md").read_text()
     assert "what XNNPACK runs" in md and "NNAPI / CoreML" in md and "| pte | executorch |" in md
 
 
@@ -77,7 +77,7 @@ def test_validate_runs_the_gate_on_the_shipped_pte_and_ort_files(mobile):
     from edgefuse.api import validate_files
     from edgefuse.validate import Budgets
 
-    out = mobile["export"].out_dir
+    out = mobile.export.out_dir
     for kind, engine in (("pte", "executorch"), ("ort", "onnxruntime")):
         rep = validate_files(out / f"model.fp32.{kind}", out / f"model.int8.{kind}", data="digits", runs=10,
                              budgets=Budgets(max_drop=100.0, max_latency_ratio=None))
@@ -90,7 +90,7 @@ def test_validate_refuses_mixed_runtimes(mobile):
     from edgefuse.api import validate_files
     from edgefuse.errors import DataError
 
-    out = mobile["export"].out_dir
+    out = mobile.export.out_dir
     with pytest.raises(DataError, match="same runtime"):
         validate_files(out / "model.fp32.onnx", out / "model.int8.pte", data=None, runs=2)
 
@@ -98,9 +98,9 @@ def test_validate_refuses_mixed_runtimes(mobile):
 def test_ort_file_keeps_the_contract_in_its_metadata(mobile):
     from edgefuse.runtimes import OrtModel
 
-    m = OrtModel(mobile["export"].out_dir / "model.int8.ort")
+    m = OrtModel(mobile.export.out_dir / "model.int8.ort")
     meta = m.metadata()
-    assert json.loads(meta["edgefuse.contract"])["mean"] == mobile["export"].manifest["contract"]["mean"]
+    assert json.loads(meta["edgefuse.contract"])["mean"] == mobile.export.manifest["contract"]["mean"]
     assert m.input_shape == [1, 1, 32, 32]
     assert not any(k.startswith("onnxsim.") for k in meta)
 
@@ -108,7 +108,7 @@ def test_ort_file_keeps_the_contract_in_its_metadata(mobile):
 def test_pte_runtime_pads_partial_batches(mobile):
     from edgefuse.runtimes import PteModel
 
-    m = PteModel(mobile["export"].out_dir / "model.fp32.pte")
+    m = PteModel(mobile.export.out_dir / "model.fp32.pte")
     x = np.random.default_rng(0).standard_normal((3, 1, 32, 32)).astype(np.float32)
     batched = m.run(x)
     assert batched.shape == (3, 10)
@@ -119,9 +119,9 @@ def test_pte_runtime_pads_partial_batches(mobile):
 def test_inspect_prints_the_contract_of_any_artifact(mobile, name):
     from edgefuse.api import describe_artifact
 
-    info = describe_artifact(mobile["export"].out_dir / name)
+    info = describe_artifact(mobile.export.out_dir / name)
     assert info["classes"] == [str(i) for i in range(10)]
-    assert info["preprocessing"]["mean"] == mobile["export"].manifest["contract"]["mean"]
+    assert info["preprocessing"]["mean"] == mobile.export.manifest["contract"]["mean"]
     assert info["precision"] == name.split(".")[1]
 
 
@@ -131,7 +131,7 @@ def test_pte_without_its_sidecar_or_with_a_broken_one_is_a_clear_error(mobile, t
     from edgefuse.api import describe_artifact
 
     pte = tmp_path / "m.pte"
-    shutil.copy(mobile["export"].out_dir / "model.int8.pte", pte)
+    shutil.copy(mobile.export.out_dir / "model.int8.pte", pte)
     with pytest.raises(InputFileError, match="no contract sidecar"):
         describe_artifact(pte)
     (tmp_path / "m.pte.json").write_text("{not json")
@@ -140,7 +140,7 @@ def test_pte_without_its_sidecar_or_with_a_broken_one_is_a_clear_error(mobile, t
     # the fp32 program's sidecar beside the int8 program: validate must not use another build's contract
     from edgefuse.api import validate_files
 
-    shutil.copy(mobile["export"].out_dir / "model.fp32.pte.json", tmp_path / "m.pte.json")
+    shutil.copy(mobile.export.out_dir / "model.fp32.pte.json", tmp_path / "m.pte.json")
     with pytest.raises(InputFileError, match="belongs to another file"):
         validate_files(pte, pte, data=None, runs=1)
 
@@ -169,7 +169,7 @@ def test_run_artifact_example_classifies_a_real_digit_from_the_contract_alone(mo
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[2] / "examples" / "run_artifact.py"
-    r = subprocess.run([sys.executable, str(script), str(mobile["export"].out_dir / name)],
+    r = subprocess.run([sys.executable, str(script), str(mobile.export.out_dir / name)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
@@ -195,13 +195,13 @@ def _strip(obj):
 def test_exporting_again_gives_the_same_bytes_and_report(mobile, trained_checkpoint, tmp_path):
     """Same inputs, seed and versions -> byte-identical artifacts and identical reports (latency aside)."""
     again = _export_mobile(trained_checkpoint, tmp_path / "again")
-    hashes = [{a.file: a.sha256 for a in r["export"].artifacts} for r in (mobile, again)]
+    hashes = [{a.file: a.sha256 for a in r.export.artifacts} for r in (mobile, again)]
     assert hashes[0].keys() == hashes[1].keys()
     stable = {f for f in hashes[0] if not f.endswith(NOT_BYTE_STABLE)}
     assert {"model.int8.onnx", "model.fp32.onnx", "model.int8.pte", "required_operators.config"} <= stable
     for f in stable:
         assert hashes[0][f] == hashes[1][f], f"{f} differs between two identical exports"
-    reports = [_strip(json.loads((r["export"].out_dir / "report.json").read_text())) for r in (mobile, again)]
+    reports = [_strip(json.loads((r.export.out_dir / "report.json").read_text())) for r in (mobile, again)]
     assert reports[0] == reports[1]
     manifest = json.loads((tmp_path / "again" / "manifest.json").read_text())
     # What it takes to reproduce: versions, seed, quantization config, data fingerprint, source model.

@@ -77,9 +77,9 @@ def test_export_max_drop_keeps_the_fragile_layer_in_fp32(fragile_file, tmp_path)
     out = tmp_path / "build"
     res = export_model(path, out, formats=("onnx",), runs=20, model_kwargs=kw,
                        budgets=Budgets(max_drop=1.0, max_latency_ratio=None))
-    fb, report = res["fallback"], res["report"]
+    fb, report = res.fallback, res.report
     assert fb.kept_fp32 == [FRAGILE_UNIT] and fb.met
-    assert res["accuracy"]["ptq_pytorch"] < res["accuracy"]["fp32_pytorch"] - 0.3
+    assert res.accuracy["ptq_pytorch"] < res.accuracy["fp32_pytorch"] - 0.3
     assert report.passed, report.failures
     assert report.accuracy_drop <= 1.0
     assert FRAGILE_UNIT in (out / "report.md").read_text()

@@ -125,7 +125,7 @@ def test_shipped_int8_onnx_keeps_module_names_through_onnxsim(exported):
     `edgefuse doctor` can name the module behind a slow node."""
     import onnx
 
-    path = exported["export"].path("onnx", "int8")
+    path = exported.export.path("onnx", "int8")
     m = onnx.load(str(path))
     mods = {p.value for n in m.graph.node for p in n.metadata_props if p.key == "module"}
     assert any(v.startswith("stages.") for v in mods) and "head" in mods

@@ -15,16 +15,16 @@ SCHEMA = json.loads(resources.files("edgefuse.validate").joinpath("report.schema
 
 
 def test_report_json_validates_against_schema(exported):
-    path = exported["export"].out_dir / "report.json"
+    path = exported.export.out_dir / "report.json"
     report = json.loads(path.read_text())
     jsonschema.validate(report, SCHEMA)
     assert report["data"]["samples"] == 269
     assert report["runtime"]["runs"] >= 30
-    assert (exported["export"].out_dir / "report.md").read_text().startswith("# edgefuse validation report")
+    assert (exported.export.out_dir / "report.md").read_text().startswith("# edgefuse validation report")
 
 
 def test_schema_rejects_a_broken_report(exported):
-    report = json.loads((exported["export"].out_dir / "report.json").read_text())
+    report = json.loads((exported.export.out_dir / "report.json").read_text())
     del report["gate"]["passed"]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(report, SCHEMA)
@@ -35,7 +35,7 @@ def test_damaged_int8_model_fails_the_gate(exported, tmp_path):
     from edgefuse.validate import OrtModel
     from edgefuse.data import PreprocessContract
 
-    res = exported["export"]
+    res = exported.export
     bad = damage_int8_onnx(res.path("onnx", "int8"), tmp_path / "bad.onnx")
     contract = PreprocessContract.from_dict(json.loads(OrtModel(bad).metadata()["edgefuse.contract"]))
     ds = ImageDataset(load_data("digits").test, contract)
@@ -79,7 +79,7 @@ def test_interleaved_latency_counts_runs():
 
 
 def test_missing_and_corrupt_model_files(tmp_path, exported):
-    f32 = exported["export"].path("onnx", "fp32")
+    f32 = exported.export.path("onnx", "fp32")
     with pytest.raises(InputFileError, match="not found"):
         validate_models(f32, tmp_path / "none.onnx", None, runs=1)
     (tmp_path / "junk.onnx").write_bytes(b"garbage" * 10)
@@ -99,7 +99,7 @@ def test_slower_int8_report_carries_doctor_summary(exported, monkeypatch):
             return {"fp32": stat(fp32_ms), "int8": stat(int8_ms)}
         return fake
 
-    res = exported["export"]
+    res = exported.export
     monkeypatch.setattr(core, "interleaved_latency", timed(1.0, 1.2))
     slow = validate_models(res.path("onnx", "fp32"), res.path("onnx", "int8"), None, runs=5)
     assert not slow.passed and "int8 ops" in slow.extra["doctor"]
@@ -114,7 +114,7 @@ def test_damaged_int8_model_fails_without_a_drop_budget(exported, tmp_path):
     from edgefuse.data import ImageDataset, PreprocessContract, load_data
     from edgefuse.validate import OrtModel
 
-    res = exported["export"]
+    res = exported.export
     bad = damage_int8_onnx(res.path("onnx", "int8"), tmp_path / "bad.onnx")
     contract = PreprocessContract.from_dict(json.loads(OrtModel(bad).metadata()["edgefuse.contract"]))
     ds = ImageDataset(load_data("digits").test, contract)

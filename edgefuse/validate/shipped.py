@@ -1,0 +1,112 @@
+"""Validating a staged set as it will ship: every fp32/int8 pair in its runtime, every file against the
+PyTorch program it was exported from, and one report that gates them all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgefuse.export.artifacts import ExportResult
+from edgefuse.export.formats import format_names, get_format
+from edgefuse.progress import NullProgress, Progress
+from edgefuse.runtimes import load_runtime
+from edgefuse.validate.core import validate_models
+from edgefuse.validate.report import Budgets, ValidationReport, artifact_failures
+
+
+def format_summary(r: ValidationReport) -> dict:
+    """One format's row in a multi-format report."""
+    return {"engine": r.runtime.get("engine"), "fp32_file": Path(r.fp32.file).name, "int8_file": Path(r.int8.file).name,
+            "fp32_top1": r.fp32.top1, "int8_top1": r.int8.top1, "agreement": r.agreement,
+            "fp32_ms": r.fp32.latency["median_ms"], "int8_ms": r.int8.latency["median_ms"],
+            "latency_ratio": r.latency_ratio, "speedup": r.speedup, "size_ratio": r.size_ratio,
+            "passed": r.passed, "failures": list(r.failures)}
+
+
+def validate_shipped(staged: ExportResult, programs: dict[str, nn.Module], dataset, *, budgets: Budgets,
+                     threads: int = 1, runs: int = 100, baseline: dict | None = None, baseline_tolerance: float = 0.0,
+                     data_info: dict | None = None, progress: Progress = NullProgress()) -> ValidationReport | None:
+    """Validate every fp32/int8 pair of ``staged`` whose format has a runtime, and gate them together.
+
+    Args:
+        staged: the staged (or published) set.
+        programs: the PyTorch programs the files came from: ``"fp32"``, and per int8 scheme
+            (``"onnxruntime"``, ``"xnnpack"``) the converted int8 program.
+        dataset: labelled evaluation images, or None (latency, size and SQNR on noise only).
+        budgets, threads, runs, baseline, baseline_tolerance, progress: as for :func:`validate_models`;
+            the baseline is compared with the first format's pair.
+
+    Returns:
+        The first format's report, holding every format's failures (``extra["formats"]`` has a row per
+        format) and, with data, each file's agreement with its program; None when no pair shipped.
+    """
+    pairs = [(fmt, staged.path(fmt, "fp32"), staged.path(fmt, "int8")) for fmt in format_names()
+             if get_format(fmt).runtime is not None]
+    pairs = [p for p in pairs if p[1] and p[2]]
+    if not pairs:
+        return None
+    reports: dict[str, ValidationReport] = {}
+    for fmt, fp32_file, int8_file in pairs:
+        reports[fmt] = validate_models(fp32_file, int8_file, dataset, threads=threads, runs=runs, budgets=budgets,
+                                       progress=progress, data_info=data_info or {"source": None},
+                                       baseline=baseline if not reports else None,
+                                       baseline_tolerance=baseline_tolerance)
+    fmt0, report = next(iter(reports.items()))
+    if len(reports) > 1:
+        report.extra["formats"] = {fmt: format_summary(r) for fmt, r in reports.items()}
+        # Every file that ships is gated, not only the first.
+        report.failures.extend(f"{fmt}: {msg}" for fmt, r in reports.items() if fmt != fmt0 for msg in r.failures)
+    if dataset is not None:
+        agreement = agreement_with_programs(staged, programs, dataset, threads, reports)
+        report.extra["pytorch_agreement"] = agreement
+        # A file that does not compute its program fails whatever its accuracy (labels may not tell).
+        report.failures.extend(artifact_failures(agreement, budgets, len(dataset)))
+        onnx_int8 = staged.path("onnx", "int8")
+        if onnx_int8 is not None:
+            report.extra["int8_pytorch_vs_onnxruntime_agreement"] = agreement[onnx_int8.name]
+    for key in ("delegation", "mobile_usability"):  # what the formats' builders found out about their files
+        found = {a.file: a.details[key] for a in staged.artifacts if key in a.details}
+        if found:
+            report.extra[key] = found
+    report.extra["notes"] = staged.notes
+    if staged.target is not None:  # the reports name the files where they will be, not the staging folder
+        for r in reports.values():
+            for m in (r.fp32, r.int8):
+                m.file = str(staged.target / Path(m.file).name)
+    return report
+
+
+def agreement_with_programs(staged: ExportResult, programs: dict[str, nn.Module], dataset, threads: int = 1,
+                            reports: dict[str, ValidationReport] | None = None,
+                            batch_size: int = 64) -> dict[str, float]:
+    """Top-1 agreement of every runnable file of ``staged`` with the PyTorch program it was exported from.
+
+    Files that validation already ran reuse its per-image top-1 classes (``reports``, per format); the
+    others run here. Streams the dataset in batches: memory holds one batch of inputs and one top-1
+    index per image.
+    """
+    runnable = {f for f in format_names() if get_format(f).runtime is not None}
+    files = [a for a in staged.artifacts if a.kind in runnable]
+    key = {a.file: "fp32" if a.precision == "fp32" else get_format(a.kind).int8_scheme for a in files}
+    known = {}
+    for a in files:
+        r = (reports or {}).get(a.kind)
+        if r is not None and r.predictions is not None and Path(getattr(r, a.precision).file).name == a.file:
+            known[a.file] = r.predictions[a.precision]
+    refs = {k: programs[k] for k in set(key.values())}
+    runtimes = {a.file: load_runtime(staged.out_dir / a.file, threads) for a in files if a.file not in known}
+    ref_top1 = {k: [] for k in refs}
+    got_top1 = {f: [] for f in runtimes}
+    n = len(dataset)
+    for start in range(0, n, batch_size):
+        x = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, n))])
+        with torch.no_grad():
+            for k, module in refs.items():
+                ref_top1[k].append(module(x).argmax(1).numpy())
+        for f, rt in runtimes.items():
+            got_top1[f].append(rt.run(x.numpy()).argmax(1))
+    got = {**known, **{f: np.concatenate(v) for f, v in got_top1.items()}}
+    return {a.file: float(np.mean(got[a.file] == np.concatenate(ref_top1[key[a.file]]))) for a in files}
