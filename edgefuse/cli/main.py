@@ -37,9 +37,11 @@ _GATE = {
                                                 "data show the drop is within budget)."),
     "min_samples": typer.Option(0, help="Refuse (exit 2) to gate on fewer evaluation images than this."),
     "baseline": typer.Option(None, help="A stored report.json: also fail when int8 top-1 falls more than "
-                                        "--baseline-tolerance pp below it or the latency ratio rises more than 10% "
-                                        "above it (same data required)."),
+                                        "--baseline-tolerance pp below it or the latency ratio rises more than "
+                                        "--baseline-latency-tolerance above it (same data required)."),
     "baseline_tolerance": typer.Option(0.0, help="Allowed int8 top-1 regression against --baseline (pp)."),
+    "baseline_latency_tolerance": typer.Option(
+        0.10, help="Allowed relative rise of the int8/fp32 latency ratio against --baseline (0.1 = 10%)."),
     "min_sqnr": typer.Option(10.0, help="Gate: smallest int8-vs-fp32 output SQNR in dB (needs no labels: catches a "
                                         "collapsed or broken int8 build; working ones measure 14-40 dB)."),
 }
@@ -283,6 +285,7 @@ def export(
     min_samples: int = _GATE["min_samples"],
     baseline: Optional[Path] = _GATE["baseline"],
     baseline_tolerance: float = _GATE["baseline_tolerance"],
+    baseline_latency_tolerance: float = _GATE["baseline_latency_tolerance"],
     min_sqnr: float = _GATE["min_sqnr"],
     min_artifact_agreement: float = typer.Option(
         0.99, help="Gate: smallest top-1 agreement (0-1) of every exported file with the PyTorch program it came from "
@@ -324,7 +327,8 @@ def export(
                             exclude=tuple(exclude or ()))
     budgets = Budgets(max_drop=max_drop, drop_type=drop_type, max_latency_ratio=max_latency_ratio,
                       drop_bound=drop_bound, min_samples=min_samples, min_sqnr_db=min_sqnr,
-                      min_artifact_agreement=min_artifact_agreement)
+                      min_artifact_agreement=min_artifact_agreement,
+                      baseline_latency_tolerance=baseline_latency_tolerance)
     base = _baseline(baseline)
     qat_cfg = QATConfig(epochs=epochs, lr=qat_lr, seed=seed, freeze_observer_epoch=max(1, epochs - 1)) if qat else None
     if qat and not int8:
@@ -380,6 +384,7 @@ def validate(
     min_samples: int = _GATE["min_samples"],
     baseline: Optional[Path] = _GATE["baseline"],
     baseline_tolerance: float = _GATE["baseline_tolerance"],
+    baseline_latency_tolerance: float = _GATE["baseline_latency_tolerance"],
     min_sqnr: float = _GATE["min_sqnr"],
     threads: int = typer.Option(1, help="onnxruntime intra-op threads."),
     runs: int = typer.Option(100, help="Timed runs per model (interleaved, after 10 warm-up runs)."),
@@ -398,7 +403,8 @@ def validate(
     from edgefuse.validate import Budgets
 
     budgets = Budgets(max_drop=max_drop, drop_type=drop_type, max_latency_ratio=max_latency_ratio,
-                      drop_bound=drop_bound, min_samples=min_samples, min_sqnr_db=min_sqnr)
+                      drop_bound=drop_bound, min_samples=min_samples, min_sqnr_db=min_sqnr,
+                      baseline_latency_tolerance=baseline_latency_tolerance)
     base = _baseline(baseline)
     progress = _progress(quiet or json_out)
     try:

@@ -137,7 +137,8 @@ def validate_models(
     if baseline is not None:
         fails, cmp = baseline_failures(baseline, int8_top1=top1["int8"], latency_ratio=ratio, samples=samples,
                                        source=(data_info or {}).get("source"),
-                                       max_top1_regression=baseline_tolerance)
+                                       max_top1_regression=baseline_tolerance,
+                                       max_latency_regression=budgets.baseline_latency_tolerance)
         report.failures.extend(fails)
         extra["baseline"] = cmp
     report.extra.update(extra)

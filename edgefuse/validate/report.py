@@ -37,6 +37,9 @@ class Budgets:
         min_artifact_agreement: smallest allowed top-1 agreement (0..1) of every exported file with the
             PyTorch program it was exported from (``export`` only): below it the file does not compute what
             was quantized, whatever its accuracy. ``None`` = not gated.
+        baseline_latency_tolerance: with ``--baseline``, the largest allowed relative rise of the int8/fp32
+            latency ratio above the stored report's (0.10 = 10 %); two runs of the same files on one machine
+            differ by a few percent, more on a shared one.
     """
 
     max_drop: float | None = None
@@ -46,6 +49,7 @@ class Budgets:
     min_samples: int = 0
     min_sqnr_db: float | None = DEFAULT_MIN_SQNR_DB
     min_artifact_agreement: float | None = DEFAULT_MIN_ARTIFACT_AGREEMENT
+    baseline_latency_tolerance: float = 0.10
 
     def __post_init__(self) -> None:
         if self.max_drop is not None and (not math.isfinite(self.max_drop) or self.max_drop < 0):
@@ -60,6 +64,9 @@ class Budgets:
             raise UsageError(f"--min-samples must be >= 0, got {self.min_samples}")
         if self.min_sqnr_db is not None and not math.isfinite(self.min_sqnr_db):
             raise UsageError(f"--min-sqnr must be a finite number of dB, got {self.min_sqnr_db}")
+        if not (math.isfinite(self.baseline_latency_tolerance) and self.baseline_latency_tolerance >= 0):
+            raise UsageError(f"--baseline-latency-tolerance must be a fraction >= 0 (0.1 = 10%), "
+                             f"got {self.baseline_latency_tolerance}")
         if self.min_artifact_agreement is not None and not 0 <= self.min_artifact_agreement <= 1:
             raise UsageError(f"--min-artifact-agreement must be between 0 and 1, got {self.min_artifact_agreement}")
 

@@ -393,6 +393,11 @@ def _ablate_unknown_fusion(t, c):
     return ["ablate", "--fusions", "add,gcn", "--out", str(t / "ab")], ["unknown fusion", "gcn"]
 
 
+def _negative_baseline_latency_tolerance(t, c):
+    return (["export", str(c), "--int8", "--baseline-latency-tolerance", "-0.1", "--out", str(t / "out")],
+            ["--baseline-latency-tolerance must be a fraction >= 0"])
+
+
 def _train_zero_epochs(t, c):
     return ["train", "--epochs", "0", "--out", str(t / "out" / "m.pt")], ["--epochs"]
 
@@ -412,7 +417,7 @@ CASES = {f.__name__.lstrip("_"): f for f in [
     _unknown_option, _missing_argument, _unknown_command, _opset_too_new, _contract_flag_on_checkpoint,
     _baseline_not_json, _verify_garbage_manifest, _zero_calib_samples, _inspect_garbage_pte, _inspect_truncated_pte_with_sidecar,
     _doctor_missing_file,
-    _analyze_zero_samples, _ablate_unknown_fusion, _train_zero_epochs,
+    _analyze_zero_samples, _ablate_unknown_fusion, _train_zero_epochs, _negative_baseline_latency_tolerance,
 ]}
 
 
