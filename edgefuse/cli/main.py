@@ -343,9 +343,9 @@ def export(
             model, out, int8=int8, calib=calib, data=data, quant_config=qcfg, qat_config=qat_cfg, formats=fmts,
             batch=batch, opset=opset, budgets=budgets, validate=not no_validate, threads=threads, runs=runs,
             force=force, seed=seed, fallback=fallback, baseline=base, baseline_tolerance=baseline_tolerance,
-            progress=progress, model_kwargs={"factory": factory, "trust_pickle": trust_pickle,
-                                                      "input_size": input_size, "channels": channels,
-                          "mean": _floats(mean), "std": _floats(std)},
+            progress=progress,
+            model_kwargs={"factory": factory, "trust_pickle": trust_pickle, "input_size": input_size,
+                          "channels": channels, "mean": _floats(mean), "std": _floats(std)},
         )
     finally:
         progress.close()
