@@ -228,7 +228,7 @@ def ablate_models(
     force: bool = False,
     progress: Progress = NullProgress(),
 ) -> dict:
-    """``edgefuse ablate``: the seed's fusion study, deployed. Every fusion x position variant is trained
+    """``edgefuse ablate``: is attention fusion worth it once deployed in int8? Every fusion x position variant is trained
     with the same seed, data and budget, quantized (PTQ, the CPU preset), exported to ONNX and measured in
     onnxruntime: parameters, MACs, fp32 and int8 top-1 on the test split, fp32 and int8 latency (every
     model of the table interleaved in one run, so the rows compare with each other).

@@ -1,4 +1,4 @@
-"""Training with the seed's attention recipe, evaluation and the gate monitor."""
+"""Training with the attention recipe (attention parameters at a lower learning rate), evaluation and the gate monitor."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class TrainConfig:
         epochs: passes over the training split.
         batch_size: images per step.
         lr: peak AdamW learning rate of the non-attention parameters.
-        attention_lr_scale: attention parameters train at ``lr * attention_lr_scale`` (the seed's
+        attention_lr_scale: attention parameters train at ``lr * attention_lr_scale`` (a common write-up's
             advice: 5-10x lower; default 0.2).
         weight_decay: AdamW decay of conv/linear weights (norms, biases and gammas get none).
         warmup_epochs: linear warm-up before the cosine decay.
@@ -184,7 +184,7 @@ def train(
     progress: Progress = NullProgress(),
     dist=None,
 ) -> TrainResult:
-    """Train ``model`` in place on ``data.train`` with the seed's recipe; return val/test accuracy.
+    """Train ``model`` in place on ``data.train`` with the attention recipe; return val/test accuracy.
 
     The recipe: AdamW with attention parameters in their own group at a lower LR, linear warm-up then
     cosine decay, zero-initialised gates (built into the blocks), random-shift augmentation. After

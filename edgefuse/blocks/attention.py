@@ -1,4 +1,5 @@
-"""The seed's basic self-attention fusion (§2), with its channel bug fixed."""
+"""Self-attention over the concatenated inputs (the non-local form of Wang et al., 2018, "Non-local Neural
+Networks", with query/key/value 1x1 convs), sized for the 2C-channel concat."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from edgefuse.blocks.registry import register_fusion
 class BasicAttentionFusion(nn.Module):
     """Self-attention over the positions of ``concat([x, y])``, added to ``x + y`` through ``gamma``.
 
-    The seed's q/k/v convs took ``channels`` inputs but were fed the 2C-channel concat; here they
+    A common write-up's q/k/v convs took ``channels`` inputs but were fed the 2C-channel concat; here they
     take 2C. ``gamma`` starts at zero, so a fresh block is exactly ``x + y``. Memory is O((HW)^2)
     where no fused attention kernel applies: use it on small maps.
     """

@@ -25,7 +25,7 @@ class AddFusion(nn.Module):
 class ConcatFusion(nn.Module):
     """Channel concat projected back to ``channels`` by a 1x1 conv, so it is a drop-in for Add.
 
-    The seed's concat doubled the channel count, which no Add slot accepts. The projection starts
+    A common write-up's concat doubled the channel count, which no Add slot accepts. The projection starts
     as ``[I, I]``, i.e. exactly ``x + y``.
     """
 

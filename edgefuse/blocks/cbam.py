@@ -61,7 +61,7 @@ class CBAM(nn.Module):
 
 @register_fusion("cbam")
 class CBAMFusion(nn.Module):
-    """CBAM over ``concat([x, y])`` (sized for 2C channels, the seed's FPN bug), projected back to C.
+    """CBAM over ``concat([x, y])`` (sized for 2C channels, a common write-up's FPN bug), projected back to C.
 
     A fresh block computes exactly ``x + y`` (two gates of 0.5, projection ``[4I, 4I]``).
     """

@@ -1,4 +1,5 @@
-"""Cross-modal attention (seed §5.2): queries from one modality, keys and values from another."""
+"""Cross-modal attention: queries from one modality, keys and values from another (Tsai et al., 2019,
+"Multimodal Transformer for Unaligned Multimodal Language Sequences")."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ class CrossModalAttention(nn.Module):
     """``x + gamma * attention(q(x), k(y), v(y))``.
 
     ``y`` may have another channel count (``y_channels``) and another spatial size: attention
-    runs between every position of ``x`` and every position of ``y``, so nothing is resized (the
-    seed's version required equal H x W). ``gamma`` starts at zero, so a fresh block returns ``x``.
+    runs between every position of ``x`` and every position of ``y``, so nothing is resized (a
+    common write-up's version required equal H x W). ``gamma`` starts at zero, so a fresh block returns ``x``.
     """
 
     def __init__(self, channels: int, y_channels: int | None = None, reduction: int = 8) -> None:

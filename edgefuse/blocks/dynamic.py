@@ -1,4 +1,5 @@
-"""Dynamic fusion (seed §5.1): a per-sample router mixes K fusion experts."""
+"""Dynamic fusion: a per-sample router mixes K fusion experts (as Chen et al., 2020, "Dynamic Convolution:
+Attention over Convolution Kernels", mix kernels)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ from edgefuse.blocks.registry import create_fusion, register_fusion
 class DynamicFusion(nn.Module):
     """``sum_k softmax(router(GAP(concat[x, y])))_k * expert_k(x, y)``.
 
-    The router sees the 2C-channel concat (the seed's ``Linear(channels, ...)`` got 2C inputs).
+    The router sees the 2C-channel concat (a common write-up's ``Linear(channels, ...)`` got 2C inputs).
     It starts at zero, so the mixture starts uniform; since every expert starts as ``x + y``,
     so does the block.
 
     Args:
         channels: channels of ``x`` and ``y``.
-        expert: fusion name used for every expert (the seed uses CBAM fusion).
+        expert: fusion name used for every expert (a common write-up uses CBAM fusion).
         num_experts: K.
         **expert_kwargs: passed to each expert.
     """

@@ -1,4 +1,5 @@
-"""EfficientAttention (seed §5.3): the mobile-friendly gated fusion."""
+"""EfficientAttention: the mobile-friendly gated fusion ``x·a + y·(1−a)``, ``a = σ(MLP(GAP(x + y)))``, of
+Dai et al., 2021, "Attentional Feature Fusion" (its global-context branch)."""
 
 from __future__ import annotations
 
@@ -14,20 +15,20 @@ from edgefuse.blocks.registry import register_fusion
 class EfficientAttention(nn.Module):
     """``a = gate(MLP(GAP(x + y)))``, ``out = gain * (x*a + y*(1 - a))``.
 
-    The MLP is conv1x1 -> norm -> ReLU -> conv1x1. The seed's ``LayerNorm([C/r, 1, 1])`` is
+    The MLP is conv1x1 -> norm -> ReLU -> conv1x1. A common write-up's ``LayerNorm([C/r, 1, 1])`` is
     ``GroupNorm(1, C/r)`` here (the same normalisation, independent of spatial size); ``norm="none"``
     drops it. The weights ``gain*a`` and ``gain*(1 - a)`` are formed on the tiny (B, C, 1, 1) gate
     tensor, so the full-size maps see only two multiplies and one add -- ops with int8 kernels in
     onnxruntime (``y + a*(x - y)`` would put a full-size Sub, which has none, between them).
     The default ``gain=2`` makes a fresh block (a = 0.5) exactly ``x + y``, so it replaces an Add
-    without halving the signal in every residual merge; ``gain=1`` gives the seed's convex blend.
+    without halving the signal in every residual merge; ``gain=1`` gives a common write-up's convex blend.
 
     Args:
         channels: channels of ``x`` and ``y``.
         reduction: bottleneck ratio of the MLP.
         gate: ``sigmoid`` or ``hard_sigmoid``.
         norm: ``layernorm`` or ``none``.
-        gain: output scale (2.0: starts as Add; 1.0: the seed's blend, starts as the mean).
+        gain: output scale (2.0: starts as Add; 1.0: a common write-up's blend, starts as the mean).
     """
 
     def __init__(

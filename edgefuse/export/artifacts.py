@@ -164,12 +164,17 @@ def check_target(out: Path, force: bool) -> None:
                          f"({', '.join(leftovers[:3])}{', ...' if len(leftovers) > 3 else ''}): pass --force to replace them")
 
 
-def _unvouched_files(out: Path) -> list[str]:
-    """Files an export would have written, in a folder with no manifest: an unfinished or mixed set."""
-    if not out.is_dir() or (out / MANIFEST).exists():
+def _export_files(out: Path) -> list[str]:
+    """Files in ``out`` named as an export names its files (``model.*``, reports, the operator list)."""
+    if not out.is_dir():
         return []
     return sorted(p.name for p in out.iterdir() if p.is_file() and (
         p.name.startswith("model.") or p.name in REPORT_FILES or p.name == "required_operators.config"))
+
+
+def _unvouched_files(out: Path) -> list[str]:
+    """Files an export would have written, in a folder with no manifest: an unfinished or mixed set."""
+    return [] if (out / MANIFEST).exists() else _export_files(out)
 
 
 def _mobile_sidecar(tmp: Path, a: Artifact, contract: PreprocessContract, input_shape: list[int]) -> Artifact:
@@ -344,19 +349,22 @@ def publish_artifacts(staged: ExportResult, *, force: bool = False, gate: dict |
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if (out / MANIFEST).exists() and not force:
             raise UsageError(f"{out} already holds exported artifacts; pass --force to replace them")
-        previous: list[str] = _unvouched_files(out)  # (--force) a manifest-less set's files go too
+        # (--force) what the previous manifest lists, and any export-named file no manifest lists (left by a
+        # kill after an earlier publish had moved its manifest in, or by a manifest-less mix): all of it goes.
+        previous = set(_export_files(out))
         if (out / MANIFEST).exists():
             try:
-                previous = [a["file"] for a in json.loads((out / MANIFEST).read_text())["artifacts"]]
+                previous |= {a["file"] for a in json.loads((out / MANIFEST).read_text())["artifacts"]
+                             if isinstance(a, dict) and isinstance(a.get("file"), str)}
             except Exception:
-                previous = []
+                pass
             (out / MANIFEST).unlink()
         for stale in REPORT_FILES:
             (out / stale).unlink(missing_ok=True)
         for name in [a.file for a in arts] + [r for r in REPORT_FILES if (tmp / r).exists()]:
             os.replace(tmp / name, out / name)
         os.replace(tmp / MANIFEST, out / MANIFEST)
-        for name in set(previous) - {a.file for a in arts}:
+        for name in previous - {a.file for a in arts} - set(REPORT_FILES):
             if name and Path(name).name == name:
                 (out / name).unlink(missing_ok=True)
     finally:

@@ -1,4 +1,5 @@
-"""FPN-style classifier whose top-down merges use a selectable fusion (seed §4.2, fixed)."""
+"""FPN-style classifier whose top-down merges use a selectable fusion (Lin et al., 2017, "Feature Pyramid
+Networks for Object Detection")."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from edgefuse.models.registry import register_model
 class FusionFPN(nn.Module):
     """Backbone C2..C5 -> lateral 1x1 -> top-down ``fusion(lateral, upsampled)`` -> 3x3 smooth -> pooled head.
 
-    Fixes the seed's ``CBAMFPN``: the fusion gets C-channel inputs and its result is what flows
-    down (the seed computed it and then discarded it), and upsampling targets the lateral's size,
-    so odd sizes work (the seed's ``scale_factor=2`` broke on them).
+    Fixes a common write-up's ``CBAMFPN``: the fusion gets C-channel inputs and its result is what flows
+    down (a common write-up computed it and then discarded it), and upsampling targets the lateral's size,
+    so odd sizes work (a common write-up's ``scale_factor=2`` broke on them).
     """
 
     def __init__(

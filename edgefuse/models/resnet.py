@@ -1,4 +1,5 @@
-"""ResNet-style classifier whose residual merge is a selectable fusion (seed §4.1)."""
+"""ResNet-style classifier whose residual merge is a selectable fusion (He et al., 2016, "Deep Residual
+Learning for Image Recognition")."""
 
 from __future__ import annotations
 

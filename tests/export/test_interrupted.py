@@ -146,7 +146,8 @@ def test_a_folder_without_a_manifest_is_refused_and_verify_lists_every_stray_fil
 
 # A real process death at the k-th file move of publishing (os._exit: no handler, no finally, as SIGKILL), or
 # the exception SIGINT/SIGTERM raise there (handlers and finally run). The set being published: fp32 ONNX and
-# TorchScript, then manifest.json (3 moves) over the previous int8 ONNX set.
+# TorchScript, then manifest.json (3 moves) over the previous int8 ONNX set; k = 4 dies after those moves,
+# while the previous set's leftover files are being removed.
 _PUBLISH_AND_DIE = r"""
 import os, sys
 from edgefuse.api import load_model_source
@@ -164,7 +165,17 @@ def replace(a, b):
         raise KeyboardInterrupt
     real(a, b)
 
+def unlink(self, missing_ok=False):  # k = 4: after the manifest's move, at the first stale file's removal
+    if moves[0] >= 3 and k == 4:
+        if how == "kill":
+            os._exit(137)
+        raise KeyboardInterrupt
+    real_unlink(self, missing_ok=missing_ok)
+
+import pathlib
+real_unlink = pathlib.Path.unlink
 os.replace = replace
+pathlib.Path.unlink = unlink
 publish_artifacts(staged, force=True)
 """
 
@@ -190,4 +201,24 @@ def test_a_death_inside_the_move_window_leaves_a_set_that_is_refused_then_replac
     export_model(tiny_checkpoint, previous_set, int8=False, formats=("onnx",), validate=False, force=True)
     res = verify_artifacts(previous_set)
     assert res.ok and not res.warnings, res.warnings  # the mix and the old staging folder are gone
+    assert sorted(p.name for p in previous_set.iterdir()) == ["manifest.json", "model.fp32.onnx"]
+
+
+@pytest.mark.parametrize("how", ["kill", "interrupt"])
+def test_a_death_after_the_manifest_moved_leaves_the_new_set_and_strays_the_next_force_sweeps(
+        tiny_checkpoint, previous_set, how):
+    from edgefuse.api import export_model
+    from edgefuse.errors import UsageError
+
+    r = subprocess.run([sys.executable, "-c", _PUBLISH_AND_DIE, str(tiny_checkpoint), str(previous_set), "4", how],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == (137 if how == "kill" else 1), r.stderr[-2000:]
+    res = verify_artifacts(previous_set)  # the new manifest vouches for the new set, and names the strays
+    assert res.ok and sorted(res.checked) == ["model.fp32.onnx", "model.fp32.torchscript.pt"]
+    assert any("model.int8.onnx: not listed" in w for w in res.warnings), res.warnings
+    with pytest.raises(UsageError, match="already holds exported artifacts"):
+        export_model(tiny_checkpoint, previous_set, formats=("onnx",), validate=False)
+    export_model(tiny_checkpoint, previous_set, int8=False, formats=("onnx",), validate=False, force=True)
+    res = verify_artifacts(previous_set)
+    assert res.ok and not res.warnings, res.warnings  # the stray of the interrupted publish went too
     assert sorted(p.name for p in previous_set.iterdir()) == ["manifest.json", "model.fp32.onnx"]
