@@ -193,7 +193,7 @@ def load_inputs(req: ExportRequest) -> Inputs:
                   val_ds=ImageDataset(ev.val, contract) if ev is not None else None)
 
 
-def _built(accuracy: dict, key: str, program: nn.Module, test_ds) -> None:
+def _record_accuracy(accuracy: dict, key: str, program: nn.Module, test_ds) -> None:
     if test_ds is not None:
         accuracy[key] = evaluate(program, test_ds)
 
@@ -210,10 +210,10 @@ def quantize_programs(req: ExportRequest, inputs: Inputs, accuracy: dict, progre
     if "onnxruntime" in schemes:  # the ONNX-based formats (and TorchScript) share onnxruntime's program
         q = quantize_ptq(model, TensorBatches(calib_ds, config.calib_samples, config.calib_batch_size), config,
                          progress=progress)
-        _built(accuracy, "ptq_pytorch", q.program, test_ds)
+        _record_accuracy(accuracy, "ptq_pytorch", q.program, test_ds)
         if req.qat_config is not None:
             q = quantize_qat(model, calib_ds, config, req.qat_config, progress=progress, dist=dist)
-            _built(accuracy, "qat_pytorch", q.program, test_ds)
+            _record_accuracy(accuracy, "qat_pytorch", q.program, test_ds)
         if req.fallback and req.budgets.max_drop is not None and inputs.val_ds is not None:
             rebuilt, fb = fallback_within_budget(model, q, calib_ds, inputs.val_ds, config,
                                                  max_drop=req.budgets.max_drop, drop_type=req.budgets.drop_type,
@@ -223,7 +223,7 @@ def quantize_programs(req: ExportRequest, inputs: Inputs, accuracy: dict, progre
                 if rebuilt is not None:
                     q = rebuilt
                     config = rebuilt.config  # the .pte build keeps the same modules in fp32
-                    _built(accuracy, "fallback_pytorch", q.program, test_ds)
+                    _record_accuracy(accuracy, "fallback_pytorch", q.program, test_ds)
         progs.onnxruntime = q
     if "xnnpack" in schemes:
         # ExecuTorch runs XNNPACK's int8 kernels: same calibration data and gate rules, XNNPACK's signed int8.
@@ -232,7 +232,7 @@ def quantize_programs(req: ExportRequest, inputs: Inputs, accuracy: dict, progre
                          if req.qat_config else
                          quantize_ptq(model, TensorBatches(calib_ds, xcfg.calib_samples, xcfg.calib_batch_size), xcfg,
                                       progress=progress))
-        _built(accuracy, "xnnpack_int8_pytorch", progs.xnnpack.program, test_ds)
+        _record_accuracy(accuracy, "xnnpack_int8_pytorch", progs.xnnpack.program, test_ds)
     return progs
 
 
@@ -271,7 +271,7 @@ def run_export(req: ExportRequest, *, progress: Progress = NullProgress(),
     check_request(req)
     inputs = load_inputs(req)
     outcome = ExportOutcome(source=inputs.info)
-    _built(outcome.accuracy, "fp32_pytorch", inputs.model, inputs.test_ds)
+    _record_accuracy(outcome.accuracy, "fp32_pytorch", inputs.model, inputs.test_ds)
     progs = quantize_programs(req, inputs, outcome.accuracy, progress, dist)
     outcome.fallback = progs.fallback
     if dist is not None and dist.enabled and not dist.is_main:
