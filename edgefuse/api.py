@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
+import onnx
+import torch
+
+from edgefuse._files import check_input_file
+from edgefuse._versions import sha256_file
+from edgefuse.checkpoint import load_checkpoint, save_checkpoint
+from edgefuse.data import ImageDataset, PreprocessContract, check_same_classes, load_data, norm_stats
 from edgefuse.distributed import joins_process_group as _joins_process_group
+from edgefuse.errors import InputFileError, MissingExtraError
+from edgefuse.export.onnx import opset_of
+from edgefuse.export.onnx_checks import weight_summary
+from edgefuse.limits import check_output_dir, check_run_flags
+from edgefuse.models import create_model
 from edgefuse.pipeline.export import ExportOutcome, ExportRequest, run_export
 from edgefuse.pipeline.source import contract_from_flags, load_model_source
 from edgefuse.progress import NullProgress, Progress
+from edgefuse.reports.training import training_report
+from edgefuse.runtimes import OrtModel, PteModel, load_runtime
+from edgefuse.runtimes.sidecar import read_sidecar
+from edgefuse.training import TrainConfig, count_macs, count_params, train
+from edgefuse.validate import Budgets, validate_models, write_report
 
 
 def gate_log_path(checkpoint: str | Path) -> Path:
@@ -20,8 +38,6 @@ def check_model_args(model: str, fusion: str, *, width: float = 1.0, channels: i
                      input_size: int = 32, fusion_kwargs: dict | None = None, positions: str = "all") -> None:
     """Build the zoo model once (2 classes, thrown away): a bad name, size or option fails before any data
     is read or any time is spent."""
-    from edgefuse.models import create_model
-
     extra_kwargs = {"positions": positions} if positions != "all" else {}
     create_model(model, 2, fusion=fusion, width=width, in_chans=channels or 1, input_size=input_size,
                  fusion_kwargs=fusion_kwargs or {}, **extra_kwargs)
@@ -55,14 +71,7 @@ def train_model(
     Returns:
         A summary: model, fusion, data, accuracies, sample counts, seconds and file paths.
     """
-    import torch
 
-    from edgefuse.checkpoint import save_checkpoint
-    from edgefuse.data import PreprocessContract, load_data, norm_stats
-    from edgefuse.models import create_model
-    from edgefuse.training import TrainConfig, train
-
-    from edgefuse.limits import check_output_dir, check_run_flags
 
     check_run_flags(input_size=input_size)
     check_output_dir(Path(out).parent, "the folder of --out")
@@ -90,7 +99,6 @@ def train_model(
     report = out.with_name(out.stem + ".train.html")
     if dist.is_main:  # one writer
         save_checkpoint(out, net, contract, metrics=metrics, extra={"train_config": config.__dict__})
-        from edgefuse.reports.training import training_report
 
         flags = training_report(log, report, f"edgefuse training: {model}/{fusion} on {splits.source}")
     return {
@@ -104,9 +112,6 @@ def train_model(
 
 def describe_checkpoint(path: str | Path) -> dict:
     """What ``edgefuse inspect`` shows for a ``model.pt``: model, sizes, MACs, contract, metrics."""
-    from edgefuse.checkpoint import load_checkpoint
-    from edgefuse.training import count_macs, count_params
-
     loaded = load_checkpoint(path)
     c = loaded.contract
     kwargs = {k: v for k, v in loaded.spec["kwargs"].items() if k != "num_classes"}
@@ -139,12 +144,6 @@ def describe_artifact(path: str | Path) -> dict:
     Raises:
         InputFileError: missing, empty, corrupt or unknown file.
     """
-    import zipfile
-
-    from edgefuse._files import check_input_file
-    from edgefuse._versions import sha256_file
-    from edgefuse.data import PreprocessContract
-    from edgefuse.errors import InputFileError, MissingExtraError
 
     p = check_input_file(path)
     suffix = p.suffix.lower()
@@ -157,8 +156,6 @@ def describe_artifact(path: str | Path) -> dict:
     if suffix in (".pt", ".pth"):
         return {"format": "edgefuse checkpoint", **describe_checkpoint(p), **base}
     if suffix in (".onnx", ".ort"):
-        from edgefuse.runtimes import OrtModel
-
         m = OrtModel(p)
         meta = m.metadata()
         info = {"format": "ONNX" if suffix == ".onnx" else "ONNX Runtime Mobile (ORT format)",
@@ -171,11 +168,6 @@ def describe_artifact(path: str | Path) -> dict:
         else:
             info["contract"] = "none (not exported by edgefuse: pass --input-size/--channels/--mean/--std)"
         if suffix == ".onnx":
-            import onnx
-
-            from edgefuse.export.onnx import opset_of
-            from edgefuse.export.onnx_checks import weight_summary
-
             try:
                 model = onnx.load(str(p), load_external_data=False)
             except Exception as e:
@@ -186,8 +178,6 @@ def describe_artifact(path: str | Path) -> dict:
         info["edgefuse"] = meta.get("edgefuse.version", "")
         return {**info, **base}
     if suffix == ".pte":
-        from edgefuse.runtimes.sidecar import read_sidecar
-
         side = read_sidecar(p)
         info = {"format": "ExecuTorch program (.pte)", "precision": side.get("precision"),
                 "input shape": side["input"]["shape"],
@@ -196,19 +186,12 @@ def describe_artifact(path: str | Path) -> dict:
         if side.get("sha256") and side["sha256"] != base["sha256"]:
             info["warning"] = "the file's sha256 differs from its sidecar's: they do not belong together"
         try:
-            from edgefuse.runtimes import PteModel
-
             info["input shape (runtime)"] = PteModel(p).input_shape
         except MissingExtraError:  # the extra is optional for inspecting; a file it cannot load is not
             info["runtime"] = "ExecuTorch not installed: the shape is the sidecar's"
         return {**info, **base}
     raise InputFileError(f"{p}: unknown file type {suffix or '(none)'}; inspect reads model.pt, .onnx, .ort, .pte "
                          "and TorchScript files")
-
-
-# --------------------------------------------------------------------------------------------
-# Model sources: model.pt, .pt2, or a factory + weights
-# --------------------------------------------------------------------------------------------
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,13 +238,6 @@ def validate_files(
 ):
     """``edgefuse validate``: compare two model files (``.onnx``/``.ort`` or ``.pte``) on labelled data; write
     reports if ``out_dir``."""
-
-    from edgefuse.data import ImageDataset, PreprocessContract, check_same_classes, load_data
-    from edgefuse.validate import Budgets, validate_models, write_report
-    from edgefuse.runtimes import load_runtime
-
-    from edgefuse.limits import check_output_dir, check_run_flags
-
     check_run_flags(threads=threads, runs=runs, input_size=(contract_flags or {}).get("input_size"))
     if out_dir:
         check_output_dir(out_dir)
@@ -270,7 +246,7 @@ def validate_files(
     flags = {k: v for k, v in (contract_flags or {}).items() if v is not None}
     if base is None or flags:
         contract = contract_from_flags(base, flags.get("input_size"), flags.get("channels"),
-                                        flags.get("mean"), flags.get("std"), None)
+                                       flags.get("mean"), flags.get("std"), None)
     else:
         contract = base
     dataset = None
