@@ -17,7 +17,7 @@ from torch import nn
 
 from edgefuse.data.contract import PreprocessContract
 from edgefuse._files import check_input_file, check_zip_size
-from edgefuse.errors import CheckpointError, EdgefuseError
+from edgefuse.errors import CheckpointError, EdgefuseError, one_line
 
 FORMAT = "edgefuse.checkpoint"
 FORMAT_VERSION = 1
@@ -117,7 +117,7 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def _short(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+    return one_line(e, 160)
 
 
 def load_checkpoint(path: str | Path) -> LoadedModel:

@@ -122,6 +122,12 @@ def load_data(
     raise InputFileError(f"unsupported data source {path}: give 'digits', an image folder or an .npz file")
 
 
+def _few(items, n: int = 6) -> str:
+    """The first ``n`` of ``items``, comma-separated, and how many more there are."""
+    items = [str(i) for i in items]
+    return ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if len(items) > n else "")
+
+
 def check_same_classes(model_classes, data_classes, data_source: str) -> None:
     """Refuse data whose class list differs from the model's, saying exactly how (labels index classes by
     position, so the same names in another order are a mismatch too).
@@ -133,17 +139,12 @@ def check_same_classes(model_classes, data_classes, data_source: str) -> None:
     model_classes, data_classes = tuple(model_classes), tuple(data_classes)
     if not model_classes or model_classes == data_classes:
         return
-
-    def few(names) -> str:
-        names = list(names)
-        return ", ".join(names[:6]) + (f" (+{len(names) - 6} more)" if len(names) > 6 else "")
-
     only_model = [c for c in model_classes if c not in data_classes]
     only_data = [c for c in data_classes if c not in model_classes]
     if only_model or only_data:
         detail = "; ".join(part for part in (
-            f"only in the model: {few(only_model)}" if only_model else "",
-            f"only in the data: {few(only_data)}" if only_data else "") if part)
+            f"only in the model: {_few(only_model)}" if only_model else "",
+            f"only in the data: {_few(only_data)}" if only_data else "") if part)
     else:
         i = next(i for i, (a, b) in enumerate(zip(model_classes, data_classes)) if a != b)
         detail = f"same names in another order: class {i} is {model_classes[i]!r} in the model, {data_classes[i]!r} in the data"
@@ -228,8 +229,7 @@ def _npz(path: Path, seed: int, vf: float, tf: float) -> DataSplits:
     gaps = sorted(set(range(n_classes)) - set(classes.tolist()))
     if gaps:
         # A label index no image has becomes a class the model can never learn (a dead output).
-        listed = ", ".join(str(g) for g in gaps[:8]) + (f" (+{len(gaps) - 8} more)" if len(gaps) > 8 else "")
-        raise DataError(f"{path}: labels run 0..{n_classes - 1} but no image has label {listed}: renumber the "
+        raise DataError(f"{path}: labels run 0..{n_classes - 1} but no image has label {_few(gaps, 8)}: renumber the "
                         "labels 0..K-1 (and class_names with them)")
     if names is None:
         names = [str(i) for i in range(n_classes)]
@@ -253,7 +253,7 @@ def _list_class_images(root: Path) -> tuple[list[str], list[Path], list[int]]:
             empty.append(c)
     if empty and paths:
         # An empty class folder would become a class the model can never learn (a dead output).
-        raise DataError(f"class folder(s) {', '.join(empty[:6])} in {root} hold no images "
+        raise DataError(f"class folder(s) {_few(empty)} in {root} hold no images "
                         f"({', '.join(IMAGE_SUFFIXES)}): add images or remove the folder(s)")
     return classes, paths, labels
 

@@ -19,7 +19,7 @@ from torch import nn
 from edgefuse._versions import cpu_name, sha256_file, versions
 from edgefuse.data.contract import PreprocessContract
 from edgefuse.errors import UsageError
-from edgefuse.export.formats import Artifact, BuildContext, build_order, get_format, parse_formats
+from edgefuse.export.formats import Artifact, BuildContext, build_order, get_format, parse_formats, require_extras
 from edgefuse.export.onnx import DEFAULT_OPSET
 from edgefuse.runtimes.sidecar import sidecar_dict, sidecar_path
 
@@ -239,9 +239,7 @@ def stage_artifacts(
     formats = parse_formats(list(formats))
     if batch is not None and batch < 1:
         raise UsageError(f"--batch must be >= 1, got {batch}")
-    for name in formats:
-        if get_format(name).requires is not None:
-            get_format(name).requires()
+    require_extras(formats)
     if out.exists() and not out.is_dir():
         raise UsageError(f"output {out} exists and is not a folder")
     check_target(out, force)

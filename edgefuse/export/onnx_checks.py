@@ -174,6 +174,23 @@ def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
+def reduce_axes(node, inits: dict, consts: dict | None = None) -> list[int] | None:
+    """A Reduce* node's axes: its attribute (before opset 18) or its constant second input (an initializer or a
+    ``Constant`` node, from opset 18); None when they are not constant."""
+    from onnx import helper, numpy_helper
+
+    for a in node.attribute:
+        if a.name == "axes":
+            return [int(v) for v in helper.get_attribute_value(a)]
+    if len(node.input) > 1 and node.input[1]:
+        src = inits.get(node.input[1])
+        if src is None and consts and node.input[1] in consts:
+            src = consts[node.input[1]].attribute[0].t
+        if src is not None:
+            return [int(v) for v in numpy_helper.to_array(src).reshape(-1)]
+    return None
+
+
 def reduce_mean_to_global_pool(model: onnx.ModelProto) -> int:
     """Rewrite ``ReduceMean`` over the spatial axes of NCHW maps as ``GlobalAveragePool``.
 
@@ -182,7 +199,7 @@ def reduce_mean_to_global_pool(model: onnx.ModelProto) -> int:
     of the full map in an int8 model); GlobalAveragePool fuses into QLinearGlobalAveragePool.
     ``keepdims=0`` becomes GlobalAveragePool + Flatten. Returns the number of nodes rewritten.
     """
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     inits = {t.name: t for t in model.graph.initializer}
     consts = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
@@ -193,18 +210,12 @@ def reduce_mean_to_global_pool(model: onnx.ModelProto) -> int:
         if n.op_type != "ReduceMean":
             new_nodes.append(n)
             continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        axes = attrs.get("axes")
-        if axes is None and len(n.input) > 1 and n.input[1]:
-            src = inits.get(n.input[1])
-            if src is None and n.input[1] in consts:
-                src = consts[n.input[1]].attribute[0].t
-            axes = None if src is None else [int(v) for v in numpy_helper.to_array(src).reshape(-1)]
+        axes = reduce_axes(n, inits, consts)
         rank = ranks.get(n.input[0])
         if rank != 4 or axes is None or sorted(a % 4 for a in axes) != [2, 3]:
             new_nodes.append(n)
             continue
-        keep = attrs.get("keepdims", 1)
+        keep = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "keepdims"), 1)
         if keep:
             new_nodes.append(helper.make_node("GlobalAveragePool", [n.input[0]], [n.output[0]], name=n.name))
         else:

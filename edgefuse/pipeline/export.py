@@ -22,9 +22,9 @@ from torch import nn
 
 from edgefuse.data import DataSplits, ImageDataset, PreprocessContract, check_same_classes, load_data
 from edgefuse.distributed import DistContext
-from edgefuse.errors import DataError, UsageError
+from edgefuse.errors import DataError, UsageError, one_line
 from edgefuse.export.artifacts import ExportResult, check_target, discard_staged, publish_artifacts, stage_artifacts
-from edgefuse.export.formats import get_format, parse_formats
+from edgefuse.export.formats import get_format, parse_formats, require_extras
 from edgefuse.export.onnx import DEFAULT_OPSET, check_opset
 from edgefuse.limits import check_output_dir, check_run_flags
 from edgefuse.pipeline.source import load_model_source
@@ -159,9 +159,7 @@ def check_request(req: ExportRequest) -> None:
     """Stage 1: what can be refused before any model is loaded."""
     check_output_dir(req.out_dir)
     check_target(req.out_dir, req.force)
-    for name in req.formats:  # a one-line error naming a missing extra
-        if get_format(name).requires is not None:
-            get_format(name).requires()
+    require_extras(req.formats)  # a one-line error naming a missing extra
 
 
 def load_inputs(req: ExportRequest) -> Inputs:
@@ -182,7 +180,7 @@ def load_inputs(req: ExportRequest) -> Inputs:
             model.eval()
             n_out = model(probe).shape[-1]
     except Exception as e:
-        raise UsageError(f"the model does not accept a {tuple(probe.shape)} input ({str(e).splitlines()[0][:150]}); "
+        raise UsageError(f"the model does not accept a {tuple(probe.shape)} input ({one_line(e, 150)}); "
                          "check --input-size and --channels") from None
     if contract.class_names and n_out != len(contract.class_names):
         raise DataError(f"the model has {n_out} outputs but the data has {len(contract.class_names)} classes")

@@ -8,7 +8,7 @@ import numpy as np
 
 from edgefuse._extras import require_executorch
 from edgefuse._files import MAX_MODEL_BYTES, check_input_file
-from edgefuse.errors import InputFileError
+from edgefuse.errors import InputFileError, one_line
 from edgefuse.runtimes.base import _in_fixed_batches
 from edgefuse.runtimes.sidecar import read_sidecar_metadata
 
@@ -35,8 +35,7 @@ class PteModel:
                 program = Runtime.get().load_program(str(path))
                 self.method = program.load_method("forward")
         except Exception as e:
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise InputFileError(f"ExecuTorch cannot load {path}: {first}") from None
+            raise InputFileError(f"ExecuTorch cannot load {path}: {one_line(e)}") from None
         self.path = path
         meta = self.method.metadata
         info = meta.input_tensor_meta(0)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edgefuse._files import MAX_MODEL_BYTES, check_input_file
-from edgefuse.errors import InputFileError
+from edgefuse.errors import InputFileError, one_line
 from edgefuse.runtimes.base import _in_fixed_batches
 
 
@@ -45,8 +45,7 @@ class OrtModel:
         try:
             self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as e:
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise InputFileError(f"onnxruntime cannot load {path}: {first}") from None
+            raise InputFileError(f"onnxruntime cannot load {path}: {one_line(e)}") from None
         self.path = path
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
+from edgefuse.export.onnx_checks import reduce_axes
 from edgefuse.runtimes import OrtModel
 
 INT8_OPS = {"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearSigmoid",
@@ -101,16 +101,6 @@ ISLAND_ADVICE = {
 _CHANNEL_AXES = ([1], [-3], [3], [-1])
 
 
-def _reduce_axes(node, inits) -> list[int] | None:
-    """A Reduce* node's axes (attribute before opset 18, constant input from 18), None when not constant."""
-    for a in node.attribute:
-        if a.name == "axes":
-            return list(a.ints)
-    if len(node.input) > 1 and node.input[1] in inits:
-        return [int(v) for v in numpy_helper.to_array(inits[node.input[1]]).reshape(-1)]
-    return None
-
-
 def _module_map(path: Path) -> dict[str, str]:
     """Tensor name -> source module path, from the ``module`` metadata edgefuse's exporter keeps."""
     m = onnx.load(str(path), load_external_data=False)
@@ -175,7 +165,7 @@ def diagnose(path: str | Path, threads: int = 1, runs: int = 50) -> DoctorReport
                     "(fp32 weights, no DequantizeLinear) with --exclude."))
         elif (n.op_type not in INT8_OPS | QDQ_OPS | LAYOUT_OPS | {"Constant", "Shape", "Reshape", "Flatten"}
               and any(producers.get(i) is not None and producers[i].op_type == "DequantizeLinear" for i in n.input)):
-            key = "ReduceMean-channels" if n.op_type == "ReduceMean" and _reduce_axes(n, inits) in _CHANNEL_AXES else n.op_type
+            key = "ReduceMean-channels" if n.op_type == "ReduceMean" and reduce_axes(n, inits) in _CHANNEL_AXES else n.op_type
             advice = ISLAND_ADVICE.get(key, f"onnxruntime runs {n.op_type} in fp32 here, between "
                                             "DequantizeLinear and QuantizeLinear.")
             findings.append(Finding(f"fp32 island: {n.op_type}", n.name, n.op_type, module_of(n), ms, advice))

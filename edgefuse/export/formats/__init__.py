@@ -53,6 +53,13 @@ def parse_formats(spec: str | list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+def require_extras(formats: tuple[str, ...]) -> None:
+    """Raise :class:`~edgefuse.errors.MissingExtraError` for the first of ``formats`` whose optional extra is absent."""
+    for name in formats:
+        if get_format(name).requires is not None:
+            get_format(name).requires()
+
+
 def build_order(formats: tuple[str, ...]) -> list[Format]:
     """The formats to build for ``formats``: those asked for and those they convert, in registration order."""
     wanted = set(formats)
@@ -65,4 +72,4 @@ for _fmt in (onnx.FORMAT, ort.FORMAT, pte.FORMAT, torchscript.FORMAT):
     register_format(_fmt)
 
 __all__ = ["Artifact", "BuildContext", "Format", "build_order", "format_names", "get_format", "parse_formats",
-           "register_format", "unregister_format"]
+           "register_format", "require_extras", "unregister_format"]
