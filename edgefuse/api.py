@@ -233,7 +233,6 @@ def validate_files(
     seed: int = 0,
     contract_flags: dict | None = None,
     baseline: dict | None = None,
-    baseline_tolerance: float = 0.0,
     progress: Progress = NullProgress(),
 ):
     """``edgefuse validate``: compare two model files (``.onnx``/``.ort`` or ``.pte``) on labelled data; write
@@ -256,7 +255,7 @@ def validate_files(
         dataset = ImageDataset(splits.split(split), contract)
     report = validate_models(fp32, int8, dataset, threads=threads, runs=runs, budgets=budgets or Budgets(),
                              data_info={"source": data, "split": split}, progress=progress,
-                             baseline=baseline, baseline_tolerance=baseline_tolerance)
+                             baseline=baseline)
     if out_dir:
         write_report(report, out_dir)
     return report

@@ -212,7 +212,7 @@ def test_baseline_reader_on_random_json(tmp_path, report, raw):
     import json
 
     from edgefuse.validate.report import REPORT_SCHEMA
-    from edgefuse.validate.stats import baseline_failures, load_baseline
+    from edgefuse.validate.stats import compare_baseline, load_baseline
 
     if isinstance(report, dict) and report.get("schema") == "edgefuse.report":
         report["schema"] = REPORT_SCHEMA
@@ -220,7 +220,7 @@ def test_baseline_reader_on_random_json(tmp_path, report, raw):
     p.write_bytes(raw) if raw is not None else p.write_text(json.dumps(report))
     try:
         base = load_baseline(p)
-        baseline_failures(base, int8_top1=0.9, latency_ratio=0.5, samples=10, source="digits")
+        compare_baseline(base, int8_top1=0.9, latency_ratio=0.5, samples=10, source="digits")
     except EdgefuseError:
         return
 

@@ -11,9 +11,10 @@ from edgefuse.errors import DataError
 from edgefuse.progress import NullProgress, Progress
 from edgefuse.validate.latency import interleaved_latency
 from edgefuse.metrics import agreement, sqnr_db, topk_accuracy
-from edgefuse.validate.report import Budgets, ModelResult, ValidationReport, drop_of, gate_failures
+from edgefuse.validate.gate import judge
+from edgefuse.validate.report import Budgets, ModelResult, ValidationReport, drop_of
 from edgefuse.runtimes import OrtModel, PteModel, load_runtime
-from edgefuse.validate.stats import baseline_failures, bootstrap_drop_ci, per_class_drops
+from edgefuse.validate.stats import bootstrap_drop_ci, compare_baseline, per_class_drops
 
 
 def _stream_logits(models: list[OrtModel], dataset, batch_size: int = 64):
@@ -48,7 +49,6 @@ def validate_models(
     budgets: Budgets = Budgets(),
     latency_input: np.ndarray | None = None,
     baseline: dict | None = None,
-    baseline_tolerance: float = 0.0,
     progress: Progress = NullProgress(),
 ) -> ValidationReport:
     """Compare an fp32 and an int8 model file on the CPU, in the runtime that ships them.
@@ -64,8 +64,8 @@ def validate_models(
         budgets: what the gate enforces.
         latency_input: one batch-1 input for timing (default: the first dataset item).
         baseline: a stored report (:func:`edgefuse.validate.stats.load_baseline`); the gate also fails when
-            int8 top-1 falls more than ``baseline_tolerance`` pp below it, or the latency ratio rises
-            more than 10 % above it.
+            int8 top-1 falls more than ``budgets.baseline_tolerance`` pp below it, or the latency ratio rises
+            more than ``budgets.baseline_latency_tolerance`` above it.
 
     Raises:
         UsageError: fewer evaluation images than ``budgets.min_samples``.
@@ -131,17 +131,13 @@ def validate_models(
         int8=ModelResult(str(int8_path), "int8", size_q, top1["int8"], top5["int8"], lat["int8"]),
         agreement=agree, sqnr_db=sq, size_ratio=size_q / size_f, latency_ratio=ratio, accuracy_drop=drop,
         budgets=budgets, drop_ci=ci, per_class=per_class,
-        failures=gate_failures(budgets, drop, ratio, ci, sq, Path(int8_path).name),
         versions=v, predictions=preds,
     )
     if baseline is not None:
-        fails, cmp = baseline_failures(baseline, int8_top1=top1["int8"], latency_ratio=ratio, samples=samples,
-                                       source=(data_info or {}).get("source"),
-                                       max_top1_regression=baseline_tolerance,
-                                       max_latency_regression=budgets.baseline_latency_tolerance)
-        report.failures.extend(fails)
-        extra["baseline"] = cmp
+        extra["baseline"] = compare_baseline(baseline, int8_top1=top1["int8"], latency_ratio=ratio, samples=samples,
+                                             source=(data_info or {}).get("source"))
     report.extra.update(extra)
+    report.gate = judge({"int8": report}, budgets)
     return report
 
 

@@ -1,80 +1,16 @@
-"""The validation report (``report.json``, schema ``edgefuse.report`` v1), its Markdown form, and the gate."""
+"""The validation report (``report.json``, schema ``edgefuse.report`` v1), its Markdown form, and the budgets
+the gate (:mod:`edgefuse.validate.gate`) holds it to."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
 
-from edgefuse.errors import UsageError
-from edgefuse.metrics import drop_of, within  # noqa: F401 -- drop_of: the report's own vocabulary
+from edgefuse.metrics import drop_of  # noqa: F401 -- the report's own vocabulary
+from edgefuse.validate.gate import Budgets, GateResult  # noqa: F401 -- Budgets: the report's own vocabulary
 
 REPORT_SCHEMA = "edgefuse.report"
 REPORT_SCHEMA_VERSION = 1
-#: The gate's label-free floors (see :class:`Budgets`).
-DEFAULT_MIN_SQNR_DB = 10.0
-DEFAULT_MIN_ARTIFACT_AGREEMENT = 0.99
-
-
-@dataclass(frozen=True)
-class Budgets:
-    """What the gate enforces.
-
-    Attributes:
-        max_drop: largest allowed top-1 drop of int8 below fp32, in percentage points (``absolute``:
-            fp32 98.0% -> int8 97.6% is 0.4) or percent of the fp32 accuracy (``relative``:
-            0.4 / 98.0 = 0.41%); ``None`` = not gated.
-        drop_type: ``absolute`` or ``relative``.
-        max_latency_ratio: largest allowed int8 median latency / fp32 median latency (1.0 = int8 must
-            not be slower); ``None`` = not gated.
-        drop_bound: what is compared with ``max_drop``: ``estimate`` (the measured drop) or ``upper``
-            (the upper end of its bootstrap 95% interval: passes only if the data show the drop is
-            within budget, so small evaluation sets fail unless int8 agrees with fp32 almost everywhere).
-        min_samples: refuse (usage error, exit 2) to gate on fewer evaluation images than this.
-        min_sqnr_db: smallest allowed SQNR of the int8 logits against the fp32 logits, in dB; it needs no
-            labels, so it also catches a collapsed int8 build of an untrained model or on unlabelled data.
-            Working int8 builds measure 14-40 dB; 10 dB means the error carries a tenth of the logits'
-            power. ``None`` = not gated.
-        min_artifact_agreement: smallest allowed top-1 agreement (0..1) of every exported file with the
-            PyTorch program it was exported from (``export`` only): below it the file does not compute what
-            was quantized, whatever its accuracy. ``None`` = not gated.
-        baseline_latency_tolerance: with ``--baseline``, the largest allowed relative rise of the int8/fp32
-            latency ratio above the stored report's (0.10 = 10 %); two runs of the same files on one machine
-            differ by a few percent, more on a shared one.
-    """
-
-    max_drop: float | None = None
-    drop_type: str = "absolute"
-    max_latency_ratio: float | None = 1.0
-    drop_bound: str = "estimate"
-    min_samples: int = 0
-    min_sqnr_db: float | None = DEFAULT_MIN_SQNR_DB
-    min_artifact_agreement: float | None = DEFAULT_MIN_ARTIFACT_AGREEMENT
-    baseline_latency_tolerance: float = 0.10
-
-    def __post_init__(self) -> None:
-        if self.max_drop is not None and (not math.isfinite(self.max_drop) or self.max_drop < 0):
-            raise UsageError(f"--max-drop must be a number >= 0 (percentage points), got {self.max_drop}")
-        if self.drop_type not in ("absolute", "relative"):
-            raise UsageError(f"--drop-type must be absolute or relative, got {self.drop_type!r}")
-        if self.max_latency_ratio is not None and (not math.isfinite(self.max_latency_ratio) or self.max_latency_ratio <= 0):
-            raise UsageError(f"--max-latency-ratio must be > 0, got {self.max_latency_ratio}")
-        if self.drop_bound not in ("estimate", "upper"):
-            raise UsageError(f"--drop-bound must be estimate or upper, got {self.drop_bound!r}")
-        if self.min_samples < 0:
-            raise UsageError(f"--min-samples must be >= 0, got {self.min_samples}")
-        if self.min_sqnr_db is not None and not math.isfinite(self.min_sqnr_db):
-            raise UsageError(f"--min-sqnr must be a finite number of dB, got {self.min_sqnr_db}")
-        if not (math.isfinite(self.baseline_latency_tolerance) and self.baseline_latency_tolerance >= 0):
-            raise UsageError(f"--baseline-latency-tolerance must be a fraction >= 0 (0.1 = 10%), "
-                             f"got {self.baseline_latency_tolerance}")
-        if self.min_artifact_agreement is not None and not 0 <= self.min_artifact_agreement <= 1:
-            raise UsageError(f"--min-artifact-agreement must be between 0 and 1, got {self.min_artifact_agreement}")
-
-    def require_samples(self, have: int, where: str = "the evaluation split") -> None:
-        """Raise :class:`UsageError` when ``have`` evaluation images are fewer than ``min_samples``."""
-        if self.min_samples and have < self.min_samples:
-            raise UsageError(f"the gate needs at least {self.min_samples} evaluation images (--min-samples) but "
-                             f"{where} holds {have}; a drop measured on so few is chance")
 
 
 @dataclass
@@ -103,7 +39,8 @@ class ValidationReport:
     budgets: Budgets
     drop_ci: tuple[float, float] | None = None
     per_class: list[dict] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
+    #: the gate's verdict on this report (or, for ``export``, on the whole shipped set)
+    gate: GateResult = field(default_factory=GateResult)
     versions: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     #: per-image top-1 classes ``{"fp32": array, "int8": array}`` (not serialised; lets callers compare
@@ -112,7 +49,12 @@ class ValidationReport:
 
     @property
     def passed(self) -> bool:
-        return not self.failures
+        return self.gate.passed
+
+    @property
+    def failures(self) -> list[str]:
+        """The gate's failures as the sentences a user reads."""
+        return self.gate.messages
 
     @property
     def speedup(self) -> float:
@@ -136,7 +78,7 @@ class ValidationReport:
                 "worst_class": self.per_class[0] if self.per_class else None,
                 "per_class": self.per_class,
             },
-            "gate": {**asdict(self.budgets), "passed": self.passed, "failures": self.failures},
+            "gate": {**asdict(self.budgets), **self.gate.to_dict()},
             "versions": self.versions,
         }
         d.update(self.extra)
@@ -241,8 +183,10 @@ class ValidationReport:
         if self.extra.get("baseline"):
             b = self.extra["baseline"]
             lines += ["", "## Against the baseline report", "",
-                      f"- baseline int8 top-1 {pct(b['int8_top1'])}, latency ratio {b['latency_ratio']:.3f}; "
-                      f"allowed: {b['max_top1_regression_pp']:g} pp top-1, {100 * b['max_latency_regression']:.0f}% ratio"]
+                      f"- baseline int8 top-1 {pct(b['int8_top1'])}, latency ratio "
+                      f"{'—' if b['latency_ratio'] is None else format(b['latency_ratio'], '.3f')}; allowed: "
+                      f"{self.budgets.baseline_tolerance:g} pp top-1, "
+                      f"{100 * self.budgets.baseline_latency_tolerance:.0f}% ratio"]
         if self.extra.get("doctor"):
             lines += ["", "## Why int8 is not faster (edgefuse doctor)", "", self.extra["doctor"]]
         if self.extra.get("notes"):
@@ -263,45 +207,3 @@ def fallback_summary(fb: dict) -> str:
     return (f"On the {fb['split']} split the all-int8 build dropped {before:.2f} pp (budget {fb['budget_pp']:.2f} pp); "
             f"with {len(kept)} module(s) kept in fp32 ({', '.join(kept) or 'none'}) it drops {after:.2f} pp, "
             f"{verdict} budget. The test split gates the result.")
-
-
-def gate_failures(budgets: Budgets, accuracy_drop: float | None, latency_ratio: float,
-                  drop_ci: tuple[float, float] | None = None, sqnr_db: float | None = None,
-                  int8_file: str = "int8") -> list[str]:
-    """What the gate refuses: the drop (or its CI's upper end, per ``budgets.drop_bound``) above
-    ``max_drop``, the latency ratio above ``max_latency_ratio``, and the int8 output SQNR below
-    ``min_sqnr_db``."""
-    fails = []
-    unit = "pp" if budgets.drop_type == "absolute" else "% (relative)"
-    if budgets.max_drop is not None and accuracy_drop is not None:
-        if budgets.drop_bound == "upper" and drop_ci is not None:
-            if not within(drop_ci[1], budgets.max_drop):
-                fails.append(f"accuracy drop {accuracy_drop:.2f} {unit} has a 95% CI reaching {drop_ci[1]:.2f}, "
-                             f"above --max-drop {budgets.max_drop:g} (--drop-bound upper)")
-        elif not within(accuracy_drop, budgets.max_drop):
-            fails.append(f"accuracy drop {accuracy_drop:.2f} {unit} exceeds --max-drop {budgets.max_drop:g} "
-                         f"by {accuracy_drop - budgets.max_drop:.2f}")
-    if budgets.max_latency_ratio is not None and latency_ratio > budgets.max_latency_ratio:
-        fails.append(f"int8/fp32 latency ratio {latency_ratio:.3f} exceeds --max-latency-ratio "
-                     f"{budgets.max_latency_ratio:g} by {latency_ratio - budgets.max_latency_ratio:.3f}")
-    if budgets.min_sqnr_db is not None and sqnr_db is not None and sqnr_db < budgets.min_sqnr_db:
-        fails.append(f"{int8_file}: int8 output SQNR {sqnr_db:.1f} dB against fp32 is below --min-sqnr "
-                     f"{budgets.min_sqnr_db:g} dB: its outputs are mostly quantization error (a broken or "
-                     "collapsed int8 build; `edgefuse doctor` and `edgefuse analyze` say where)")
-    return fails
-
-
-def artifact_failures(agreement: dict[str, float], budgets: Budgets, samples: int) -> list[str]:
-    """Files whose top-1 agreement with the PyTorch program they were exported from is below
-    ``budgets.min_artifact_agreement``: they do not compute what was quantized (a broken export)."""
-    floor = budgets.min_artifact_agreement
-    if floor is None:
-        return []
-    fails = []
-    for name, a in agreement.items():
-        if a < floor:
-            hint = f"; `edgefuse doctor {name}` shows what onnxruntime runs" if name.endswith(".onnx") else ""
-            fails.append(f"{name} agrees with the PyTorch program it was exported from on {100 * a:.1f}% of "
-                         f"{samples} images (floor {100 * floor:g}%, --min-artifact-agreement): the file does not "
-                         f"compute what was quantized{hint}")
-    return fails

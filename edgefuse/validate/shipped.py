@@ -12,9 +12,11 @@ from torch import nn
 from edgefuse.export.artifacts import ExportResult
 from edgefuse.export.formats import format_names, get_format
 from edgefuse.progress import NullProgress, Progress
+from edgefuse.quantize.fallback import FallbackResult
 from edgefuse.runtimes import load_runtime
 from edgefuse.validate.core import validate_models
-from edgefuse.validate.report import Budgets, ValidationReport, artifact_failures
+from edgefuse.validate.gate import judge
+from edgefuse.validate.report import Budgets, ValidationReport
 
 
 def format_summary(r: ValidationReport) -> dict:
@@ -27,8 +29,9 @@ def format_summary(r: ValidationReport) -> dict:
 
 
 def validate_shipped(staged: ExportResult, programs: dict[str, nn.Module], dataset, *, budgets: Budgets,
-                     threads: int = 1, runs: int = 100, baseline: dict | None = None, baseline_tolerance: float = 0.0,
-                     data_info: dict | None = None, progress: Progress = NullProgress()) -> ValidationReport | None:
+                     threads: int = 1, runs: int = 100, baseline: dict | None = None, data_info: dict | None = None,
+                     fallback: FallbackResult | None = None,
+                     progress: Progress = NullProgress()) -> ValidationReport | None:
     """Validate every fp32/int8 pair of ``staged`` whose format has a runtime, and gate them together.
 
     Args:
@@ -36,12 +39,14 @@ def validate_shipped(staged: ExportResult, programs: dict[str, nn.Module], datas
         programs: the PyTorch programs the files came from: ``"fp32"``, and per int8 scheme
             (``"onnxruntime"``, ``"xnnpack"``) the converted int8 program.
         dataset: labelled evaluation images, or None (latency, size and SQNR on noise only).
-        budgets, threads, runs, baseline, baseline_tolerance, progress: as for :func:`validate_models`;
-            the baseline is compared with the first format's pair.
+        budgets, threads, runs, baseline, progress: as for :func:`validate_models`; the baseline is
+            compared with the first format's pair.
+        fallback: the fp32 fallback's outcome, if it ran (the gate fails when it missed its budget).
 
     Returns:
-        The first format's report, holding every format's failures (``extra["formats"]`` has a row per
-        format) and, with data, each file's agreement with its program; None when no pair shipped.
+        The first format's report, whose ``gate`` judges the whole set (every format's pair, every file
+        against its program, the fallback); ``extra["formats"]`` has a row per format and, with data,
+        ``extra["pytorch_agreement"]`` each file's agreement with its program. None when no pair shipped.
     """
     pairs = [(fmt, staged.path(fmt, "fp32"), staged.path(fmt, "int8")) for fmt in format_names()
              if get_format(fmt).runtime is not None]
@@ -52,21 +57,21 @@ def validate_shipped(staged: ExportResult, programs: dict[str, nn.Module], datas
     for fmt, fp32_file, int8_file in pairs:
         reports[fmt] = validate_models(fp32_file, int8_file, dataset, threads=threads, runs=runs, budgets=budgets,
                                        progress=progress, data_info=data_info or {"source": None},
-                                       baseline=baseline if not reports else None,
-                                       baseline_tolerance=baseline_tolerance)
-    fmt0, report = next(iter(reports.items()))
+                                       baseline=baseline if not reports else None)
+    report = next(iter(reports.values()))
     if len(reports) > 1:
         report.extra["formats"] = {fmt: format_summary(r) for fmt, r in reports.items()}
-        # Every file that ships is gated, not only the first.
-        report.failures.extend(f"{fmt}: {msg}" for fmt, r in reports.items() if fmt != fmt0 for msg in r.failures)
+    agreement = None
     if dataset is not None:
         agreement = agreement_with_programs(staged, programs, dataset, threads, reports)
         report.extra["pytorch_agreement"] = agreement
-        # A file that does not compute its program fails whatever its accuracy (labels may not tell).
-        report.failures.extend(artifact_failures(agreement, budgets, len(dataset)))
         onnx_int8 = staged.path("onnx", "int8")
         if onnx_int8 is not None:
             report.extra["int8_pytorch_vs_onnxruntime_agreement"] = agreement[onnx_int8.name]
+    # Every file that ships is gated, not only the first; a file that does not compute its program fails
+    # whatever its accuracy (labels may not tell).
+    report.gate = judge(reports, budgets, agreement=agreement, samples=0 if dataset is None else len(dataset),
+                        fallback=fallback)
     for key in ("delegation", "mobile_usability"):  # what the formats' builders found out about their files
         found = {a.file: a.details[key] for a in staged.artifacts if key in a.details}
         if found:

@@ -1,17 +1,22 @@
+"""The commands end to end. Most run in-process (``main(argv)``, as the console script calls it); the
+subprocess runs that stay check what only a fresh interpreter shows (import cost, the environment, the
+``python -m`` entry)."""
+
 import json
 import subprocess
 import sys
 
 import pytest
 
+from tests.cli._run import run_cli as run
 
 
-def run(*args, env=None):
+def run_process(*args, env=None):
     return subprocess.run([sys.executable, "-m", "edgefuse.cli.main", *args], capture_output=True, text=True, env=env)
 
 
 def test_help_is_fast_and_lists_commands():
-    r = run("--help")
+    r = run_process("--help")
     assert r.returncode == 0 and "train" in r.stdout and "inspect" in r.stdout
     # --help must not import torch (instant start-up)
     r = subprocess.run([sys.executable, "-c", "import sys; from edgefuse.cli.main import app; "
@@ -19,7 +24,8 @@ def test_help_is_fast_and_lists_commands():
     assert r.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("cmd", ["train", "inspect", "list", "analyze", "ablate"])
+@pytest.mark.parametrize("cmd", ["train", "inspect", "list", "export", "validate", "analyze", "ablate", "verify",
+                                 "doctor"])
 def test_subcommand_help(cmd):
     r = run(cmd, "--help")
     assert r.returncode == 0 and "Usage" in r.stdout
@@ -72,13 +78,13 @@ def test_train_refuses_to_overwrite(tiny_checkpoint):
 def test_debug_env_shows_traceback(tmp_path):
     import os
 
-    r = run("inspect", str(tmp_path / "missing.pt"), env={**os.environ, "EDGEFUSE_DEBUG": "1"})
+    r = run_process("inspect", str(tmp_path / "missing.pt"), env={**os.environ, "EDGEFUSE_DEBUG": "1"})
     assert r.returncode == 2 and "Traceback" in r.stderr
 
 
 def test_export_int8_then_validate_cli(trained_checkpoint, tmp_path):
     out = tmp_path / "build"
-    r = run("export", str(trained_checkpoint), "--int8", "--out", str(out), "--format", "onnx", "--runs", "20",
+    r = run_process("export", str(trained_checkpoint), "--int8", "--out", str(out), "--format", "onnx", "--runs", "20",
             "--max-drop", "0.5", "--max-latency-ratio", "50", "--quiet")
     assert r.returncode == 0, r.stderr
     assert {p.name for p in out.iterdir()} >= {"model.fp32.onnx", "model.int8.onnx", "manifest.json", "report.json", "report.md"}

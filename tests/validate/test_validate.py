@@ -8,7 +8,7 @@ import pytest
 from edgefuse.errors import InputFileError, UsageError
 from edgefuse.validate import Budgets, interleaved_latency, validate_models
 from edgefuse.metrics import sqnr_db, topk_accuracy
-from edgefuse.validate.report import drop_of, gate_failures
+from edgefuse.validate.report import drop_of
 from tests.conftest import damage_int8_onnx
 
 SCHEMA = json.loads(resources.files("edgefuse.validate").joinpath("report.schema.json").read_text())
@@ -49,10 +49,7 @@ def test_damaged_int8_model_fails_the_gate(exported, tmp_path):
 def test_gate_arithmetic():
     assert drop_of(0.98, 0.976, "absolute") == pytest.approx(0.4)
     assert drop_of(0.80, 0.76, "relative") == pytest.approx(5.0)
-    assert gate_failures(Budgets(max_drop=0.5), 0.4, 0.9) == []
-    fails = gate_failures(Budgets(max_drop=0.5, max_latency_ratio=1.0), 0.6, 1.2)
-    assert len(fails) == 2 and "by 0.10" in fails[0] and "by 0.200" in fails[1]
-    assert gate_failures(Budgets(max_drop=None, max_latency_ratio=None), 50.0, 9.0) == []
+    # the budget checks themselves: tests/validate/test_gate.py
 
 
 @pytest.mark.parametrize("kwargs", [{"max_drop": -1}, {"max_latency_ratio": 0}, {"drop_type": "percent"},

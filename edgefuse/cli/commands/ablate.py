@@ -1,0 +1,44 @@
+"""``edgefuse ablate``."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgefuse.cli.options import (Data, Epochs, Force, InputSide, JsonOut, Quiet, Runs, Seed, Threads, Width, ZooModel,
+                                  csv_names)
+
+
+def ablate(
+    model: ZooModel = "resnet",
+    fusions: Annotated[str, typer.Option(help="Comma-separated fusions to compare.")] = "add,concat,se,cbam,effatt",
+    positions: Annotated[str, typer.Option(
+        help="Comma-separated resnet stages using the fusion: all, early, late.")] = "all",
+    data: Data = "digits",
+    epochs: Epochs = 8,
+    width: Width = 1.0,
+    input_size: InputSide = 32,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the variants and ablation.{json,md,html}.")] = (
+        Path("ablation")),
+    threads: Threads = 1,
+    runs: Runs = 100,
+    seed: Seed = 0,
+    force: Force = False,
+    quiet: Quiet = False,
+    json_out: JsonOut = False,
+) -> None:
+    """Is attention fusion worth it over Add/Concat once deployed in int8? Trains every fusion (x position) with
+    the same seed and budget, quantizes and exports each, and tabulates parameters, MACs, fp32/int8 accuracy
+    and fp32/int8 latency in onnxruntime, with a plot of accuracy against int8 latency."""
+    from edgefuse.cli import render
+    from edgefuse.cli._ui import progress_bars
+    from edgefuse.studies import ablate_models
+
+    with progress_bars(not (quiet or json_out)) as progress:
+        res = ablate_models(out, model=model, fusions=csv_names(fusions), positions=csv_names(positions), data=data,
+                            epochs=epochs, width=width, input_size=input_size, seed=seed, threads=threads, runs=runs,
+                            force=force, progress=progress)
+    if json_out:
+        render.as_json({k: v for k, v in res.items() if k != "files"})
+    elif not quiet:
+        render.ablation(res, model, data, epochs, threads)

@@ -1,0 +1,48 @@
+"""``edgefuse analyze``."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgefuse.cli.options import (CalibSamples, Force, JsonOut, ModelFile, Quiet, Seed, Target, option_group,
+                                  source_options)
+
+
+@option_group("source", source_options)
+def analyze(
+    model: ModelFile,
+    data: Annotated[str, typer.Option(
+        help="Labelled data: digits, an image folder or an .npz (calibration uses its train split).")] = "digits",
+    split: Annotated[str, typer.Option(help="Split to analyse: val (default; test is the gate's), train or test.")] = (
+        "val"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for analysis.json and analysis.html.")] = Path(
+        "analysis"),
+    samples: Annotated[Optional[int], typer.Option(help="Analyse only the first N images of the split.")] = None,
+    calib_samples: CalibSamples = 300,
+    target: Target = "auto",
+    top: Annotated[int, typer.Option(
+        help="Rows of the terminal table, and modules with histograms in the report.")] = 10,
+    source: dict = None,
+    seed: Seed = 0,
+    force: Force = False,
+    quiet: Quiet = False,
+    json_out: JsonOut = False,
+) -> None:
+    """Which module's int8 costs the accuracy: every quantized module switched to int8 alone and back to fp32
+    alone (accuracy, or output SQNR), each module's activation SQNR and clipping, PyTorch int8 vs onnxruntime
+    int8 (export drift), and the attention gates (saturated / collapsed flags). Writes analysis.json and an
+    HTML report with plots."""
+    from edgefuse.cli import render
+    from edgefuse.cli._ui import progress_bars
+    from edgefuse.quantize.targets import quant_config_for
+    from edgefuse.studies import analyze_model
+
+    qcfg = quant_config_for(target, calib_samples=calib_samples)
+    with progress_bars(not (quiet or json_out)) as progress:
+        res = analyze_model(model, out, data=data, split=split, samples=samples, quant_config=qcfg, seed=seed,
+                            top=top, force=force, progress=progress, model_kwargs=source)
+    if json_out:
+        render.as_json({k: v for k, v in res.items() if k != "files"})
+    elif not quiet:
+        render.analysis(res, split, top)
