@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import json
+import math
+import os
+import zipfile
 from pathlib import Path
 
 from edgefuse.errors import InputFileError
-
 
 #: Largest model file edgefuse opens (ONNX's protobuf limit; far above any phone model): a guard
 #: against feeding a multi-GB file of the wrong kind to a parser.
@@ -12,13 +15,27 @@ MAX_MODEL_BYTES = 2 << 30
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a hidden temporary beside it, so readers never see half a file."""
-    import os
-
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
+
+
+def json_ready(v):
+    """``v`` with every non-finite float (NaN, an infinite SQNR) replaced by None, recursively: strict JSON."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: json_ready(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_ready(x) for x in v]
+    return v
+
+
+def write_json_atomic(path: str | Path, data) -> Path:
+    """Write ``data`` as indented strict JSON (non-finite floats become null), atomically."""
+    return write_text_atomic(path, json.dumps(json_ready(data), indent=2, allow_nan=False) + "\n")
 
 
 def check_input_file(path: str | Path, what: str = "model file", max_bytes: int | None = MAX_MODEL_BYTES) -> Path:
@@ -44,8 +61,6 @@ MAX_UNCOMPRESSED_BYTES = 4 << 30
 def check_zip_size(path: Path, limit: int | None = None) -> None:
     """Refuse a zip archive whose members inflate past ``limit`` (a small file can hold a 4 GiB member),
     from its directory alone, before anything is inflated. Non-zip files pass."""
-    import zipfile
-
     limit = MAX_UNCOMPRESSED_BYTES if limit is None else limit
     try:
         with zipfile.ZipFile(path) as z:

@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgefuse.data.contract import PreprocessContract
 from edgefuse._files import check_input_file, check_zip_size
+from edgefuse.data.contract import PreprocessContract
 from edgefuse.errors import CheckpointError, EdgefuseError, one_line
+from edgefuse.models import create_model
 
 FORMAT = "edgefuse.checkpoint"
 FORMAT_VERSION = 1
@@ -126,8 +127,6 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
     Raises:
         InputFileError, CheckpointError: missing, empty, corrupt, pickled-code, or mismatched file.
     """
-    from edgefuse.models import create_model
-
     ckpt = read_checkpoint(path)
     spec = ckpt["model"]
     kwargs = dict(spec.get("kwargs", {}))

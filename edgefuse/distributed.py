@@ -14,6 +14,11 @@ import math
 import os
 from dataclasses import dataclass
 
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data.distributed import DistributedSampler
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -46,8 +51,6 @@ def init_from_env() -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world <= 1:
         return DistContext()
-    import torch
-    import torch.distributed as dist
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if not dist.is_initialized():
@@ -60,15 +63,11 @@ def init_from_env() -> DistContext:
 
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
-        import torch.distributed as dist
-
         dist.barrier()
 
 
 def shutdown(ctx: DistContext) -> None:
     if ctx.enabled:
-        import torch.distributed as dist
-
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -102,8 +101,6 @@ class EpochShards:
         self.world = ctx.world_size if ctx is not None and ctx.enabled else 1
         self.sampler = None
         if self.world > 1:
-            from torch.utils.data.distributed import DistributedSampler
-
             self.sampler = DistributedSampler(range(n), num_replicas=self.world, rank=ctx.rank, shuffle=True,
                                               seed=seed)
         self.batch = max(1, batch_size // self.world)
@@ -113,14 +110,11 @@ class EpochShards:
     def wrap(self, module):
         if self.sampler is None:
             return module
-        from torch.nn.parallel import DistributedDataParallel
 
         return DistributedDataParallel(module)
 
     def order(self, epoch: int, gen):
         """This rank's row indices for ``epoch`` (single process: a permutation drawn from ``gen``)."""
-        import torch
-
         if self.sampler is None:
             return torch.randperm(self.n, generator=gen)
         self.sampler.set_epoch(epoch)

@@ -1,4 +1,9 @@
-"""Bounds edgefuse applies to what it runs and what users pass, in one place (imports nothing)."""
+"""Bounds edgefuse applies to what it runs and what users pass, in one place."""
+
+import os
+from pathlib import Path
+
+from edgefuse.errors import UsageError
 
 #: The largest batch that the symbolic batch dimension of captured programs and exported ONNX files covers.
 MAX_BATCH = 4096
@@ -13,14 +18,10 @@ MAX_RUNS = 100_000
 
 
 def _usage(msg: str):
-    from edgefuse.errors import UsageError  # (errors imports nothing of edgefuse either)
-
     return UsageError(msg)
 
 
 def max_input_size() -> int:
-    import os
-
     v = os.environ.get("EDGEFUSE_MAX_INPUT_SIZE", "")
     return int(v) if v.isdigit() and int(v) > 0 else MAX_INPUT_SIZE
 
@@ -28,7 +29,6 @@ def max_input_size() -> int:
 def check_run_flags(*, threads: int | None = None, runs: int | None = None, batch: int | None = None,
                     input_size: int | None = None) -> None:
     """Refuse impossible flags before any work (one-line :class:`UsageError`, exit 2)."""
-    import os
 
     if threads is not None:
         cores = os.cpu_count() or 1
@@ -45,9 +45,6 @@ def check_run_flags(*, threads: int | None = None, runs: int | None = None, batc
 
 def check_output_dir(path, what: str = "--out") -> None:
     """Refuse an output folder that is a file or cannot be created/written, before any work (nothing is created)."""
-    import os
-    from pathlib import Path
-
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise _usage(f"{what} {p} exists and is not a folder")

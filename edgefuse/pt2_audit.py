@@ -17,6 +17,8 @@ import json
 import zipfile
 from pathlib import Path
 
+import torch
+
 from edgefuse._files import MAX_UNCOMPRESSED_BYTES, check_zip_size
 from edgefuse.errors import CheckpointError, one_line
 
@@ -34,8 +36,6 @@ def audit_pt2(path: str | Path, *, trust_pickle: bool = False) -> None:
     Raises:
         CheckpointError: not a zip archive, an oversized member, or a pickle that is not weights-only.
     """
-    import torch
-
     path = Path(path)
     try:
         z = zipfile.ZipFile(path)

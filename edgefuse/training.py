@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 
 from edgefuse.blocks import ATTENTION_MODULES
 from edgefuse.blocks.gates import is_gate
@@ -269,8 +270,6 @@ def train(
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Multiply-accumulates of one forward pass (from PyTorch's FLOP counter, which includes attention)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     was_training = model.training
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as fc:

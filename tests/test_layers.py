@@ -28,7 +28,6 @@ LAYERS = [
     ("reports", {"reports"}),
     ("pipeline", {"pipeline"}),
     ("entry points", {"api"}),
-    ("studies", {"studies"}),
     ("command line", {"cli"}),
 ]
 LAYER_OF = {u: i for i, (_, units) in enumerate(LAYERS) for u in units}

@@ -4,7 +4,7 @@ import pytest
 
 from edgefuse.errors import UnknownNameError, UsageError
 from edgefuse.reports.training import read_gate_log
-from edgefuse.studies import ablate_models
+from edgefuse.api import ablate_models
 
 
 def test_ablate_two_fusions_end_to_end(tmp_path):

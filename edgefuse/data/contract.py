@@ -95,6 +95,15 @@ class PreprocessContract:
         d["image_modes"] = IMAGE_MODE_RULES
         return d
 
+    def summary(self) -> dict:
+        """What ``edgefuse inspect`` shows of the contract: the input, the preprocessing, the classes."""
+        return {
+            "input": f"{self.input_name}: {'x'.join(map(str, self.input_shape))} {self.layout}, {self.color}",
+            "preprocessing": {"resize": self.resize, "scale": round(self.scale, 8), "mean": list(self.mean),
+                              "std": list(self.std)},
+            "classes": list(self.class_names),
+        }
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 

@@ -18,9 +18,10 @@ from torch import nn
 
 from edgefuse._versions import cpu_name, sha256_file, versions
 from edgefuse.data.contract import PreprocessContract
-from edgefuse.errors import UsageError
+from edgefuse.errors import InputFileError, UsageError
 from edgefuse.export.formats import Artifact, BuildContext, build_order, get_format, parse_formats, require_extras
 from edgefuse.export.onnx import DEFAULT_OPSET
+from edgefuse.quantize.targets import detect_target
 from edgefuse.runtimes.sidecar import sidecar_dict, sidecar_path
 
 MANIFEST = "manifest.json"
@@ -57,8 +58,6 @@ class ExportResult:
 
 
 def _cpu_record() -> dict:
-    from edgefuse.quantize.targets import detect_target
-
     t = detect_target()
     return {"name": cpu_name(), "detected_target": t.name, "why": t.why}
 
@@ -97,8 +96,6 @@ def verify_artifacts(out_dir: str | Path) -> VerifyResult:
     Raises:
         InputFileError: no folder, no manifest, or a manifest that is not edgefuse's.
     """
-    from edgefuse.errors import InputFileError
-
     out = Path(out_dir)
     if not out.is_dir():
         raise InputFileError(f"{out} is not a folder")

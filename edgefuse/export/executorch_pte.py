@@ -8,14 +8,17 @@ delegation summary lists them, because each one is a slow spot on the phone.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections import Counter
 from pathlib import Path
 
 import torch
 
+from edgefuse._extras import require_executorch
 from edgefuse._quiet import quiet_native
 from edgefuse.errors import ExportError, UnsupportedModelError, one_line
+from edgefuse.runtimes import PteModel
 
 _SKIP = {"getitem", "executorch_call_delegate"}
 
@@ -52,8 +55,6 @@ def delegation_summary(graph_module: torch.fx.GraphModule) -> dict:
 
 def _values_only(node) -> bool:
     """True when only output 0 (the values, not the indices) of a (values, indices) op is read."""
-    import operator
-
     return all(u.op == "call_function" and u.target is operator.getitem and (u.args[1] == 0 or not u.users)
                for u in node.users)
 
@@ -108,8 +109,6 @@ def export_pte(module: torch.nn.Module, example: torch.Tensor, path: str | Path)
         MissingExtraError: ExecuTorch is not installed.
         ExportError: lowering failed, or the program does not load or match in ExecuTorch's runtime.
     """
-    from edgefuse._extras import require_executorch
-
     require_executorch()
     path = Path(path)
     try:
@@ -126,7 +125,6 @@ def export_pte(module: torch.nn.Module, example: torch.Tensor, path: str | Path)
     except Exception as e:
         raise UnsupportedModelError(f"{path.name}: ExecuTorch lowering failed: {one_line(e)}; leave pte out of "
                                     "--format to ship the other formats") from e
-    from edgefuse.runtimes import PteModel
 
     runtime = PteModel(path)
     with torch.no_grad():

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnx
 import torch
+from onnx import version_converter
 from torch import nn
 
 from edgefuse._quiet import quiet
-from edgefuse.errors import ExportError, UnsupportedModelError
-from edgefuse.errors import UsageError
+from edgefuse.errors import ExportError, UnsupportedModelError, UsageError
 from edgefuse.limits import MAX_BATCH, MAX_OPSET, MIN_OPSET
 
 #: The ONNX opset edgefuse exports (onnxruntime 1.32 runs it; QDQ needs >= 13).
@@ -78,9 +79,6 @@ def check_opset(opset: int) -> int:
 def _convert_opset(path: Path, opset: int) -> None:
     """The dynamo exporter writes opset 18 whatever ``opset_version`` says: convert up to the one asked for
     (onnx's version converter) and check the file says so."""
-    import onnx
-    from onnx import version_converter
-
     model = onnx.load(str(path))
     current = opset_of(model)
     if current == opset:

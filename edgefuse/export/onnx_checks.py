@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 
 WEIGHT_OPS = {"Conv": 1, "Gemm": 1, "MatMul": 1, "ConvTranspose": 1}
 
@@ -177,8 +178,6 @@ def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
 def reduce_axes(node, inits: dict, consts: dict | None = None) -> list[int] | None:
     """A Reduce* node's axes: its attribute (before opset 18) or its constant second input (an initializer or a
     ``Constant`` node, from opset 18); None when they are not constant."""
-    from onnx import helper, numpy_helper
-
     for a in node.attribute:
         if a.name == "axes":
             return [int(v) for v in helper.get_attribute_value(a)]
@@ -199,8 +198,6 @@ def reduce_mean_to_global_pool(model: onnx.ModelProto) -> int:
     of the full map in an int8 model); GlobalAveragePool fuses into QLinearGlobalAveragePool.
     ``keepdims=0`` becomes GlobalAveragePool + Flatten. Returns the number of nodes rewritten.
     """
-    from onnx import helper
-
     inits = {t.name: t for t in model.graph.initializer}
     consts = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
     ranks = {name: len(dims) for name, dims in _inferred_shapes(model).items()}
@@ -253,8 +250,6 @@ def tile_channel_broadcasts(model: onnx.ModelProto, min_span: int = 256, min_pix
     C, H, W and at least ``min_pixels`` pixels (on smaller maps the view's own reshapes cost about what
     it saves). Returns the number rewritten.
     """
-    from onnx import helper, numpy_helper
-
     shapes = _inferred_shapes(model)
     inits = {t.name: t for t in model.graph.initializer}
     producer = {o: n for n in model.graph.node for o in n.output}

@@ -17,6 +17,8 @@ import onnx
 
 from edgefuse._quiet import quiet_native
 from edgefuse.errors import ExportError, UnsupportedModelError, one_line
+from edgefuse.metrics import agreement
+from edgefuse.runtimes import OrtModel
 
 #: File written beside the ``.ort`` models: the operators a reduced onnxruntime build must include.
 REQUIRED_OPERATORS = "required_operators.config"
@@ -138,9 +140,6 @@ def mobile_usability(onnx_file: Path, batch: int = 1) -> dict:
 
 def compare_with_onnx(ort_file: Path, onnx_file: Path, inputs: np.ndarray) -> dict:
     """Run the ``.ort`` file and the ONNX model it came from on the same inputs."""
-    from edgefuse.metrics import agreement
-    from edgefuse.runtimes import OrtModel
-
     a, b = OrtModel(onnx_file).run(inputs), OrtModel(ort_file).run(inputs)
     return {"samples": int(len(inputs)), "top1_agreement": agreement(a, b),
             "max_abs_diff": float(np.max(np.abs(a - b)))}

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from edgefuse.errors import UnknownNameError, UsageError
+
 ACTIVATIONS = {"relu": nn.ReLU, "hardswish": nn.Hardswish}
 
 
@@ -9,8 +11,6 @@ def make_act(name: str) -> nn.Module:
     try:
         return ACTIVATIONS[name]()
     except KeyError:
-        from edgefuse.errors import UnknownNameError
-
         raise UnknownNameError(
             f"unknown activation {name!r}; choose one of: {', '.join(ACTIVATIONS)}"
         ) from None
@@ -45,6 +45,5 @@ def positions_mask(n: int, positions: str) -> list[bool]:
         return [i < (n + 1) // 2 for i in range(n)]
     if positions == "late":
         return [i >= n // 2 for i in range(n)]
-    from edgefuse.errors import UsageError
 
     raise UsageError(f"unknown fusion positions {positions!r}; choose one of: all, early, late")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from torch import nn
 
 from edgefuse._registry import Registry
+from edgefuse.blocks import list_fusions
+from edgefuse.blocks.registry import _FUSIONS
 from edgefuse.errors import UsageError
 
 _MODELS: Registry[nn.Module] = Registry("model")
@@ -51,11 +54,8 @@ def create_model(name: str, num_classes: int, fusion: str = "add", width: float 
         )
     if int(kwargs.get("in_chans", 1)) < 1:
         raise UsageError(f"in_chans must be >= 1, got {kwargs.get('in_chans')}")
-    from edgefuse.blocks import list_fusions
 
     if fusion not in list_fusions():
-        from edgefuse.blocks.registry import _FUSIONS
-
         _FUSIONS.get(fusion)  # raises the standard unknown-name error
     try:
         model = factory(num_classes, fusion=fusion, width=width, **kwargs)
@@ -63,7 +63,6 @@ def create_model(name: str, num_classes: int, fusion: str = "add", width: float 
         if "unexpected keyword argument" not in str(e):
             raise
         # an option of another zoo model (e.g. resnet's positions on mobilenetv3): the user's input, not a bug
-        import re
 
         opt = re.search(r"argument '(\w+)'", str(e))
         raise UsageError(f"model {name!r} has no option {opt.group(1) if opt else str(e)!r}") from None

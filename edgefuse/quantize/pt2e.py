@@ -8,14 +8,17 @@ into QDQ int8.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
+import re
 import types
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from edgefuse._quiet import import_pt2e, quiet
 from edgefuse.distributed import EpochShards
@@ -23,7 +26,8 @@ from edgefuse.errors import DataError, UsageError
 from edgefuse.limits import MAX_BATCH
 from edgefuse.progress import NullProgress, Progress
 from edgefuse.quantize.config import QuantConfig
-from edgefuse.quantize.quantizer import EdgefuseQuantizer
+from edgefuse.quantize.quantizer import EdgefuseQuantizer, module_path
+from edgefuse.quantize.xnnpack import xnnpack_quantizer
 
 import_pt2e()
 import torchao.quantization.pt2e as _ao  # noqa: E402
@@ -104,8 +108,6 @@ class TensorBatches:
 def make_quantizer(config: QuantConfig, is_qat: bool = False):
     """The PT2E quantizer for ``config.backend``."""
     if config.backend == "xnnpack":
-        from edgefuse.quantize.xnnpack import xnnpack_quantizer
-
         return xnnpack_quantizer(config, is_qat)
     return EdgefuseQuantizer(config, is_qat=is_qat)
 
@@ -122,10 +124,6 @@ def fp32_inputs_for_excluded(program: torch.fx.GraphModule, exclude: tuple[str, 
     does), which would still hand the excluded op a DequantizeLinear'd input and keep the error the
     user excluded it to avoid. Returns the number of inputs rewired.
     """
-    import re
-
-    from edgefuse.quantize.quantizer import module_path
-
     patterns = [re.compile(p) for p in exclude]
     if not patterns:
         return 0
@@ -364,10 +362,6 @@ def quantize_qat(
             rank fine-tunes on its ``DistributedSampler`` share with ``batch_size / world_size`` items
             per step, and every rank ends with the same converted program.
     """
-    import copy
-
-    from torch.nn import functional as F
-
     model = copy.deepcopy(model)
     model.eval()
     n = len(train_data)

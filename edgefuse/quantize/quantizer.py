@@ -19,6 +19,7 @@ most 4 input channels (the stem over pixels) stays wholly fp32: int8 is slower t
 
 from __future__ import annotations
 
+import operator
 import re
 
 import torch
@@ -79,8 +80,6 @@ def unshare_params(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
     claimed, and its serializer caches constants by tensor. Under QAT the copies train separately: the
     deployed program simply holds both.
     """
-    import operator
-
     graph = model.graph
     for node in list(graph.nodes):
         if node.op != "get_attr":

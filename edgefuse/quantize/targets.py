@@ -6,6 +6,7 @@ import platform
 from dataclasses import dataclass
 
 from edgefuse.errors import UsageError
+from edgefuse.quantize.config import QuantConfig
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,6 @@ def detect_target(flags: set[str] | None = None, machine: str | None = None) -> 
 
 def quant_config_for(target: str | Target | None = None, **options):
     """A :class:`QuantConfig` with ``target``'s int8 flavour (``None``/``auto``: this CPU's) and ``options``."""
-    from edgefuse.quantize.config import QuantConfig
-
     t = target if isinstance(target, Target) else get_target(target)
     return QuantConfig(activation_dtype=t.activation_dtype, reduce_range=t.reduce_range, target=t.name, **options)
 

@@ -26,6 +26,7 @@ import torch
 from torch.fx import Node
 
 from edgefuse._extras import require_executorch
+from edgefuse._quiet import quiet
 from edgefuse.quantize.config import QuantConfig
 from edgefuse.quantize.quantizer import GATES, module_path, unshare_params
 
@@ -34,15 +35,13 @@ aten = torch.ops.aten
 
 @functools.lru_cache(maxsize=1)
 def _quantizer_class():
-    from edgefuse._quiet import quiet
-
     require_executorch()
     with quiet():
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
             XNNPACKQuantizer,
             get_symmetric_quantization_config,
         )
-    from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec
+        from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec
 
     gate_spec = FixedQParamsQuantizationSpec(dtype=torch.int8, scale=1.0 / 256.0, zero_point=-128, quant_min=-128,
                                              quant_max=127, qscheme=torch.per_tensor_affine)

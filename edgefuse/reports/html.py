@@ -147,3 +147,10 @@ def page(title: str, sections: list[tuple[str, str]]) -> str:
 
 def paragraph(text: str, cls: str | None = None) -> str:
     return f"<p{f' class={cls!r}' if cls else ''}>{_esc(text)}</p>"
+
+
+def value(v, pct: bool = False, nd: int = 1) -> str:
+    """A table cell: ``—`` for a missing figure, a percentage of a 0..1 share, or ``nd`` decimals."""
+    if v is None:
+        return "—"
+    return f"{100 * v:.2f}%" if pct else f"{v:.{nd}f}"

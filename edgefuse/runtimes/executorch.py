@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from edgefuse._extras import require_executorch
 from edgefuse._files import MAX_MODEL_BYTES, check_input_file
+from edgefuse._quiet import quiet_native
 from edgefuse.errors import InputFileError, one_line
 from edgefuse.runtimes.base import _in_fixed_batches
 from edgefuse.runtimes.sidecar import read_sidecar_metadata
@@ -21,8 +23,6 @@ class PteModel:
     """
 
     def __init__(self, path: str | Path, threads: int = 1) -> None:
-        from edgefuse._quiet import quiet_native
-
         require_executorch()
         path = check_input_file(path, max_bytes=MAX_MODEL_BYTES)
         try:
@@ -48,8 +48,6 @@ class PteModel:
         return read_sidecar_metadata(self.path)
 
     def _run1(self, x: np.ndarray) -> np.ndarray:
-        import torch
-
         return self.method.execute([torch.from_numpy(x)])[0].numpy()
 
     def run(self, x: np.ndarray) -> np.ndarray:

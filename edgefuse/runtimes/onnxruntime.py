@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from edgefuse._files import MAX_MODEL_BYTES, check_input_file
 from edgefuse.errors import InputFileError, one_line
@@ -25,9 +26,19 @@ class OrtModel:
 
     def __init__(self, path: str | Path, threads: int = 1, *, optimized_path: str | None = None,
                  profile: str | None = None) -> None:
-        import onnxruntime as ort
-
         path = check_input_file(path, max_bytes=MAX_MODEL_BYTES)
+        self._open(str(path), path, threads, optimized_path, profile)
+
+    @classmethod
+    def from_bytes(cls, model: bytes, threads: int = 1, *, label: str = "<in-memory ONNX model>") -> OrtModel:
+        """A session over a serialised ONNX model that is not on disk (e.g. a graph with extra outputs
+        tapped for diagnostics)."""
+        self = cls.__new__(cls)
+        self._open(model, Path(label), threads, None, None)
+        return self
+
+    def _open(self, source, path: Path, threads: int, optimized_path: str | None, profile: str | None) -> None:
+
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
@@ -43,7 +54,7 @@ class OrtModel:
             so.enable_profiling = True
             so.profile_file_prefix = str(profile)
         try:
-            self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise InputFileError(f"onnxruntime cannot load {path}: {one_line(e)}") from None
         self.path = path
@@ -62,6 +73,10 @@ class OrtModel:
             return self.session.run(None, {self.input_name: x})[0]
         return _in_fixed_batches(lambda chunk: self.session.run(None, {self.input_name: chunk})[0], x,
                                  self.fixed_batch)
+
+    def run_outputs(self, x: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        """The named graph outputs for one batch (no fixed-batch handling: diagnostics only)."""
+        return self.session.run(names, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
 
     def end_profiling(self) -> str:
         return self.session.end_profiling()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgefuse._versions import sha256_file
 from edgefuse.data.contract import PreprocessContract
 from edgefuse.errors import InputFileError
 
@@ -80,7 +81,6 @@ def read_sidecar_metadata(artifact: str | Path) -> dict[str, str]:
         data = read_sidecar(artifact)
     except InputFileError:
         return {}
-    from edgefuse._versions import sha256_file
 
     if data.get("sha256") and data["sha256"] != sha256_file(artifact):
         # a contract that describes another build must not preprocess this one's inputs

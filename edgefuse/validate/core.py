@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
+from edgefuse._files import write_text_atomic
 from edgefuse._versions import cpu_name, versions
 from edgefuse.errors import DataError
-from edgefuse.progress import NullProgress, Progress
-from edgefuse.validate.latency import interleaved_latency
 from edgefuse.metrics import agreement, sqnr_db, topk_accuracy
-from edgefuse.validate.gate import judge
-from edgefuse.validate.report import Budgets, ModelResult, ValidationReport, drop_of
+from edgefuse.progress import NullProgress, Progress
 from edgefuse.runtimes import OrtModel, PteModel, load_runtime
+from edgefuse.validate.doctor import diagnose
+from edgefuse.validate.gate import judge
+from edgefuse.validate.latency import interleaved_latency
+from edgefuse.validate.report import Budgets, ModelResult, ValidationReport, drop_of
 from edgefuse.validate.stats import bootstrap_drop_ci, compare_baseline, per_class_drops
 
 
@@ -119,7 +122,6 @@ def validate_models(
     extra = {}
     if ratio >= 1.0 and Path(int8_path).suffix == ".onnx":
         # int8 is not faster: say why, next to the numbers (the same diagnosis as `edgefuse doctor`).
-        from edgefuse.validate.doctor import diagnose
 
         extra["doctor"] = diagnose(int8_path, threads=threads, runs=20).summary()
     report = ValidationReport(
@@ -143,10 +145,6 @@ def validate_models(
 
 def write_report(report: ValidationReport, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.md`` into ``out_dir`` (atomically)."""
-    import json
-
-    from edgefuse._files import write_text_atomic
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return (write_text_atomic(out / "report.json", json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n"),

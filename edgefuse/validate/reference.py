@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
 
 def ort_quantize_static(fp32: str | Path, out: str | Path, calib: np.ndarray, input_name: str = "input") -> Path:
     """``quant_pre_process`` then ``quantize_static`` (QDQ, per-channel, uint8 activations / int8 weights,
     MinMax) of an fp32 ONNX file, calibrated one image at a time on ``calib`` (N, C, H, W)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     class Reader(CalibrationDataReader):
         def __init__(self):
             self.it = iter(calib[i : i + 1] for i in range(len(calib)))

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edgefuse.errors import InputFileError, UsageError
+from edgefuse.validate.report import REPORT_SCHEMA
 
 
 def bootstrap_drop_ci(
@@ -68,8 +69,6 @@ def per_class_drops(labels: np.ndarray, fp32_pred: np.ndarray, int8_pred: np.nda
 
 def load_baseline(path: str | Path) -> dict:
     """Read a stored ``report.json`` to compare against (``--baseline``)."""
-    from edgefuse.validate.report import REPORT_SCHEMA
-
     p = Path(path)
     if not p.is_file():
         raise InputFileError(f"baseline report {p} does not exist")

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from edgefuse.data import PreprocessContract
-from edgefuse.errors import UnknownNameError
+from edgefuse.errors import InputFileError, UnknownNameError
 from edgefuse.export import Artifact, Format, export_artifacts, format_names, get_format, parse_formats, register_format
 from edgefuse.export.formats import unregister_format
 from edgefuse.export import verify_artifacts
 from edgefuse.models import create_model
+from edgefuse.pipeline.inspect import describe_artifact
 
 
 def test_the_builtin_formats_are_declared_in_build_order():
@@ -46,7 +47,8 @@ def _build_npy(ctx):
 
 
 def test_a_new_format_is_one_declaration_and_one_registration(tmp_path):
-    fmt = register_format(Format("npy", "golden logits for regression tests", _build_npy))
+    fmt = register_format(Format("npy", "golden logits for regression tests", _build_npy, suffixes=(".npy",),
+                                 describe=lambda p: {"format": "golden logits", "shape": list(np.load(p).shape)}))
     try:
         assert parse_formats("npy,onnx") == ("npy", "onnx")
         model = create_model("resnet", 10, width=0.25).eval()
@@ -56,9 +58,13 @@ def test_a_new_format_is_one_declaration_and_one_registration(tmp_path):
         assert np.load(tmp_path / "out" / "model.fp32.npy").shape == (8, 10)
         v = verify_artifacts(tmp_path / "out")
         assert v.ok and not v.warnings and "model.fp32.npy" in v.checked
+        info = describe_artifact(tmp_path / "out" / "model.fp32.npy")  # inspect reads it through the registry
+        assert info["format"] == "golden logits" and info["shape"] == [8, 10] and info["bytes"] > 0
         with pytest.raises(ValueError, match="already registered"):
             register_format(fmt)
     finally:
         unregister_format("npy")
     with pytest.raises(UnknownNameError):
         get_format("npy")
+    with pytest.raises(InputFileError, match="unknown file type .npy"):
+        describe_artifact(tmp_path / "out" / "model.fp32.npy")

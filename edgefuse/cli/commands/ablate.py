@@ -5,8 +5,7 @@ from typing import Annotated
 
 import typer
 
-from edgefuse.cli.options import (Data, Epochs, Force, InputSide, JsonOut, Quiet, Runs, Seed, Threads, Width, ZooModel,
-                                  csv_names)
+from edgefuse.cli.options import Data, Epochs, Force, InputSide, JsonOut, Quiet, Runs, Seed, Threads, Width, ZooModel, csv_names
 
 
 def ablate(
@@ -30,9 +29,9 @@ def ablate(
     """Is attention fusion worth it over Add/Concat once deployed in int8? Trains every fusion (x position) with
     the same seed and budget, quantizes and exports each, and tabulates parameters, MACs, fp32/int8 accuracy
     and fp32/int8 latency in onnxruntime, with a plot of accuracy against int8 latency."""
+    from edgefuse.api import ablate_models
     from edgefuse.cli import render
     from edgefuse.cli._ui import progress_bars
-    from edgefuse.studies import ablate_models
 
     with progress_bars(not (quiet or json_out)) as progress:
         res = ablate_models(out, model=model, fusions=csv_names(fusions), positions=csv_names(positions), data=data,

@@ -5,8 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgefuse.cli.options import (CalibSamples, Force, JsonOut, ModelFile, Quiet, Seed, Target, option_group,
-                                  source_options)
+from edgefuse.cli.options import CalibSamples, Force, JsonOut, ModelFile, Quiet, Seed, Target, option_group, source_options
 
 
 @option_group("source", source_options)
@@ -33,10 +32,10 @@ def analyze(
     alone (accuracy, or output SQNR), each module's activation SQNR and clipping, PyTorch int8 vs onnxruntime
     int8 (export drift), and the attention gates (saturated / collapsed flags). Writes analysis.json and an
     HTML report with plots."""
+    from edgefuse.api import analyze_model
     from edgefuse.cli import render
     from edgefuse.cli._ui import progress_bars
     from edgefuse.quantize.targets import quant_config_for
-    from edgefuse.studies import analyze_model
 
     qcfg = quant_config_for(target, calib_samples=calib_samples)
     with progress_bars(not (quiet or json_out)) as progress:

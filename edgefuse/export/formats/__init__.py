@@ -60,6 +60,13 @@ def require_extras(formats: tuple[str, ...]) -> None:
             get_format(name).requires()
 
 
+def format_of_file(path) -> Format | None:
+    """The registered format whose files end like ``path`` (the longest matching suffix), or None."""
+    name = str(path).lower()
+    found = [(len(s), f) for f in _FORMATS.values() for s in f.suffixes if name.endswith(s)]
+    return max(found, key=lambda t: t[0])[1] if found else None
+
+
 def build_order(formats: tuple[str, ...]) -> list[Format]:
     """The formats to build for ``formats``: those asked for and those they convert, in registration order."""
     wanted = set(formats)
@@ -71,5 +78,6 @@ def build_order(formats: tuple[str, ...]) -> list[Format]:
 for _fmt in (onnx.FORMAT, ort.FORMAT, pte.FORMAT, torchscript.FORMAT):
     register_format(_fmt)
 
-__all__ = ["Artifact", "BuildContext", "Format", "build_order", "format_names", "get_format", "parse_formats",
+__all__ = ["Artifact", "BuildContext", "Format", "build_order", "format_names", "format_of_file", "get_format",
+           "parse_formats",
            "register_format", "require_extras", "unregister_format"]

@@ -77,6 +77,9 @@ class Format:
         int8_scheme: the quantized program its int8 file comes from: ``"onnxruntime"`` (uint8 activations,
             VNNI-friendly) or ``"xnnpack"`` (ExecuTorch's signed int8).
         sidecar_versions: the packages whose versions a sidecar records.
+        suffixes: how the names of its files end (``inspect`` finds the format of a file by them).
+        describe: what ``edgefuse inspect`` shows of one of its files (shapes, precision, contract), read
+            without executing anything in the file; None when edgefuse cannot read it back.
     """
 
     name: str
@@ -88,3 +91,5 @@ class Format:
     requires: Callable[[], None] | None = None
     int8_scheme: str = "onnxruntime"
     sidecar_versions: tuple[str, ...] = ()
+    suffixes: tuple[str, ...] = ()
+    describe: Callable[[Path], dict] | None = None

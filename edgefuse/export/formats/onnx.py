@@ -9,7 +9,7 @@ import onnx
 from edgefuse._quiet import quiet
 from edgefuse._versions import versions
 from edgefuse.data.contract import PreprocessContract
-from edgefuse.errors import ExportError
+from edgefuse.errors import ExportError, InputFileError
 from edgefuse.export.formats.base import Artifact, BuildContext, Format
 from edgefuse.export.onnx import export_onnx, opset_of
 from edgefuse.export.onnx_checks import (
@@ -21,6 +21,7 @@ from edgefuse.export.onnx_checks import (
     tile_channel_broadcasts,
     weight_summary,
 )
+from edgefuse.runtimes import OrtModel
 from edgefuse.runtimes.sidecar import contract_metadata
 
 
@@ -35,7 +36,34 @@ def build(ctx: BuildContext) -> list[Artifact]:
     return arts
 
 
-FORMAT = Format("onnx", "QDQ int8 for onnxruntime, dynamic batch unless --batch", build, runtime="onnxruntime")
+def describe(path: Path) -> dict:
+    """An ``.onnx`` or ``.ort`` file as onnxruntime sees it (shapes, contract from ``metadata_props``) and, for
+    ``.onnx``, its opset and int8/fp32 weight counts. Loading a session runs no code from the file."""
+    m = OrtModel(path)
+    meta = m.metadata()
+    info = {"format": "ONNX" if path.suffix.lower() == ".onnx" else "ONNX Runtime Mobile (ORT format)",
+            "precision": meta.get("edgefuse.precision", "unknown"),
+            "input shape": [d if isinstance(d, int) else str(d) for d in m.input_shape],
+            "outputs": {o.name: [d if isinstance(d, int) else str(d) for d in o.shape]
+                        for o in m.session.get_outputs()}}
+    if "edgefuse.contract" in meta:
+        info.update(PreprocessContract.from_json(meta["edgefuse.contract"]).summary())
+    else:
+        info["contract"] = "none (not exported by edgefuse: pass --input-size/--channels/--mean/--std)"
+    if path.suffix.lower() == ".onnx":
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as e:
+            raise InputFileError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
+        info["opset"] = opset_of(model)
+        w = weight_summary(model)
+        info["weights"] = {"int8": w["int8_weights"], "fp32": w["float_weights"]}
+    info["edgefuse"] = meta.get("edgefuse.version", "")
+    return info
+
+
+FORMAT = Format("onnx", "QDQ int8 for onnxruntime, dynamic batch unless --batch", build, runtime="onnxruntime",
+                suffixes=(".onnx",), describe=describe)
 
 
 def finish_onnx(path: Path, contract: PreprocessContract, precision: str, simplify: bool, notes: list[str]) -> dict:

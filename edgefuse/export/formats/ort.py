@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from edgefuse.errors import ExportError
 from edgefuse.export.formats.base import Artifact, BuildContext, Format
+from edgefuse.export.formats.onnx import describe
 from edgefuse.export.ort_mobile import (
     REQUIRED_OPERATORS,
     compare_with_onnx,
@@ -33,4 +34,5 @@ def build(ctx: BuildContext) -> list[Artifact]:
 
 
 FORMAT = Format("ort", "ONNX Runtime Mobile, fixed batch, with required_operators.config", build,
-                runtime="onnxruntime", mobile=True, needs=("onnx",), sidecar_versions=("onnxruntime",))
+                runtime="onnxruntime", mobile=True, needs=("onnx",), sidecar_versions=("onnxruntime",),
+                suffixes=(".ort",), describe=describe)

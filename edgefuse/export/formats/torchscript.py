@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import torch
@@ -41,4 +42,17 @@ def build(ctx: BuildContext) -> list[Artifact]:
     return arts
 
 
-FORMAT = Format("torchscript", "server-side PyTorch only", build)
+def is_torchscript(path: Path) -> bool:
+    """A TorchScript archive (a zip holding ``code/``), told apart from a checkpoint without loading it."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any("/code/" in n for n in z.namelist())
+
+
+def describe(path: Path) -> dict:
+    # Loading TorchScript runs its code: inspect reads nothing but the archive's name list.
+    return {"format": "TorchScript (server-side PyTorch; not loaded: loading runs its code)"}
+
+
+FORMAT = Format("torchscript", "server-side PyTorch only", build, suffixes=(".torchscript.pt",), describe=describe)
