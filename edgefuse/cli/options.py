@@ -88,6 +88,36 @@ def option_group(name: str, build: Callable):
 
 
 @dataclass(frozen=True)
+class Output:
+    """What the output options build: how a command reports (``--quiet``, ``--json``)."""
+
+    quiet: bool = False
+    json: bool = False
+
+    @property
+    def bars(self) -> bool:
+        """Progress bars: only for a person reading the terminal."""
+        return not (self.quiet or self.json)
+
+    def for_rank(self, rank: int) -> "Output":
+        """Under ``torchrun`` only rank 0 reports."""
+        return self if rank == 0 else Output(quiet=True)
+
+    def emit(self, data, text: Callable[[], None]) -> None:
+        """``data`` as JSON with ``--json``; else ``text()`` renders it, unless ``--quiet``."""
+        if self.json:
+            from edgefuse.cli.render import as_json
+
+            as_json(data)
+        elif not self.quiet:
+            text()
+
+
+def output_options(quiet: Quiet = False, json_out: JsonOut = False) -> Output:
+    return Output(quiet, json_out)
+
+
+@dataclass(frozen=True)
 class Gate:
     """What the gate options build: the budgets and the stored report to compare with."""
 

@@ -5,9 +5,11 @@ from typing import Annotated
 
 import typer
 
-from edgefuse.cli.options import Data, Epochs, Force, InputSide, JsonOut, Quiet, Runs, Seed, Threads, Width, ZooModel, csv_names
+from edgefuse.cli.options import (Data, Epochs, Force, InputSide, Output, Runs, Seed, Threads, Width, ZooModel,
+                                  csv_names, option_group, output_options)
 
 
+@option_group("show", output_options)
 def ablate(
     model: ZooModel = "resnet",
     fusions: Annotated[str, typer.Option(help="Comma-separated fusions to compare.")] = "add,concat,se,cbam,effatt",
@@ -23,8 +25,7 @@ def ablate(
     runs: Runs = 100,
     seed: Seed = 0,
     force: Force = False,
-    quiet: Quiet = False,
-    json_out: JsonOut = False,
+    show: Output = None,
 ) -> None:
     """Is attention fusion worth it over Add/Concat once deployed in int8? Trains every fusion (x position) with
     the same seed and budget, quantizes and exports each, and tabulates parameters, MACs, fp32/int8 accuracy
@@ -33,11 +34,8 @@ def ablate(
     from edgefuse.cli import render
     from edgefuse.cli._ui import progress_bars
 
-    with progress_bars(not (quiet or json_out)) as progress:
+    with progress_bars(show.bars) as progress:
         res = ablate_models(out, model=model, fusions=csv_names(fusions), positions=csv_names(positions), data=data,
                             epochs=epochs, width=width, input_size=input_size, seed=seed, threads=threads, runs=runs,
                             force=force, progress=progress)
-    if json_out:
-        render.as_json({k: v for k, v in res.items() if k != "files"})
-    elif not quiet:
-        render.ablation(res, model, data, epochs, threads)
+    show.emit({k: v for k, v in res.items() if k != "files"}, lambda: render.ablation(res, model, data, epochs, threads))

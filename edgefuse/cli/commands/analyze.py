@@ -5,9 +5,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgefuse.cli.options import CalibSamples, Force, JsonOut, ModelFile, Quiet, Seed, Target, option_group, source_options
+from edgefuse.cli.options import (CalibSamples, Force, ModelFile, Output, Seed, Target, option_group, output_options,
+                                  source_options)
 
 
+@option_group("show", output_options)
 @option_group("source", source_options)
 def analyze(
     model: ModelFile,
@@ -25,8 +27,7 @@ def analyze(
     source: dict = None,
     seed: Seed = 0,
     force: Force = False,
-    quiet: Quiet = False,
-    json_out: JsonOut = False,
+    show: Output = None,
 ) -> None:
     """Which module's int8 costs the accuracy: every quantized module switched to int8 alone and back to fp32
     alone (accuracy, or output SQNR), each module's activation SQNR and clipping, PyTorch int8 vs onnxruntime
@@ -38,10 +39,7 @@ def analyze(
     from edgefuse.quantize.targets import quant_config_for
 
     qcfg = quant_config_for(target, calib_samples=calib_samples)
-    with progress_bars(not (quiet or json_out)) as progress:
+    with progress_bars(show.bars) as progress:
         res = analyze_model(model, out, data=data, split=split, samples=samples, quant_config=qcfg, seed=seed,
                             top=top, force=force, progress=progress, model_kwargs=source)
-    if json_out:
-        render.as_json({k: v for k, v in res.items() if k != "files"})
-    elif not quiet:
-        render.analysis(res, split, top)
+    show.emit({k: v for k, v in res.items() if k != "files"}, lambda: render.analysis(res, split, top))

@@ -5,8 +5,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgefuse.cli.options import (CalibSamples, Force, Gate, JsonOut, ModelFile, Quiet, Runs, Seed, Target, Threads,
-                                  gate_options, option_group, source_options)
+from edgefuse.cli.options import (CalibSamples, Force, Gate, ModelFile, Output, Runs, Seed, Target, Threads,
+                                  gate_options, option_group, output_options, source_options)
 
 
 # Static: the registry's modules import torch, and --help must not. tests/export/test_formats.py checks that
@@ -15,6 +15,7 @@ FORMAT_HELP = ("Comma-separated: onnx (QDQ int8), ort (ONNX Runtime Mobile, fixe
                "pte (ExecuTorch + XNNPACK; needs `pip install 'edgefuse[executorch]'`), torchscript (server-side only).")
 
 
+@option_group("show", output_options)
 @option_group("gate", gate_options)
 @option_group("source", source_options)
 def export(
@@ -57,8 +58,7 @@ def export(
     source: dict = None,
     seed: Seed = 0,
     force: Force = False,
-    quiet: Quiet = False,
-    json_out: JsonOut = False,
+    show: Output = None,
 ) -> None:
     """Export ONNX, ONNX Runtime Mobile (.ort), ExecuTorch (.pte) and TorchScript artifacts; with --int8 quantize
     (torchao PT2E), then validate fp32 vs int8 of every shipped format in its own runtime and apply the gate
@@ -79,9 +79,8 @@ def export(
                             exclude=tuple(exclude or ()))
     budgets = replace(gate.budgets, min_artifact_agreement=min_artifact_agreement)
     qat_cfg = QATConfig(epochs=epochs, lr=qat_lr, seed=seed, freeze_observer_epoch=max(1, epochs - 1)) if qat else None
-    if env_rank() != 0:  # under torchrun only rank 0 reports
-        quiet, json_out = True, False
-    with progress_bars(not (quiet or json_out)) as progress:
+    show = show.for_rank(env_rank())
+    with progress_bars(show.bars) as progress:
         res = export_model(
             model, out, int8=int8 or qat, calib=calib, data=data, quant_config=qcfg, qat_config=qat_cfg, formats=fmts,
             batch=batch, opset=opset, budgets=budgets, validate=not no_validate, threads=threads, runs=runs,
@@ -89,9 +88,7 @@ def export(
     if res.export is None:  # a helper rank under torchrun: QAT done, rank 0 writes and reports
         return
     report = res.report
-    if json_out:
-        render.as_json(report.to_dict() if report else {"artifacts": res.export.manifest["artifacts"]})
-    elif not quiet:
-        render.export_result(res)
+    show.emit(report.to_dict() if report else {"artifacts": res.export.manifest["artifacts"]},
+              lambda: render.export_result(res))
     if report and not report.passed:
         raise GateFailed("gate failed: " + "; ".join(report.failures))

@@ -5,9 +5,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgefuse.cli.options import Data, Epochs, Force, InputSide, JsonOut, Quiet, Seed, Width, ZooModel
+from edgefuse.cli.options import (Data, Epochs, Force, InputSide, Output, Seed, Width, ZooModel, option_group,
+                                  output_options)
 
 
+@option_group("show", output_options)
 def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (a gate log goes beside it).")] = Path(
         "model.pt"),
@@ -28,8 +30,7 @@ def train(
              "swings the features it scales).")] = 0.2,
     seed: Seed = 0,
     force: Force = False,
-    quiet: Quiet = False,
-    json_out: JsonOut = False,
+    show: Output = None,
 ) -> None:
     """Train a zoo model on labelled images and save model.pt (weights + preprocessing contract).
 
@@ -44,14 +45,10 @@ def train(
 
     if out.exists() and not force:
         raise UsageError(f"{out} already exists; pass --force to overwrite it")
-    if env_rank() != 0:  # under torchrun only rank 0 reports
-        quiet, json_out = True, False
-    with progress_bars(not (quiet or json_out)) as progress:
+    show = show.for_rank(env_rank())
+    with progress_bars(show.bars) as progress:
         res = train_model(
             model=model, fusion=fusion, data=data, out=out, epochs=epochs, width=width, input_size=input_size,
             channels=channels, fusion_kwargs={"gate": gate} if gate else {}, positions=positions,
             batch_size=batch_size, lr=lr, attention_lr_scale=attention_lr_scale, seed=seed, progress=progress)
-    if json_out:
-        render.as_json(res)
-    elif not quiet:
-        render.training(res)
+    show.emit(res, lambda: render.training(res))

@@ -5,9 +5,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgefuse.cli.options import Gate, JsonOut, Quiet, Runs, Seed, Threads, contract_options, gate_options, option_group
+from edgefuse.cli.options import (Gate, Output, Runs, Seed, Threads, contract_options, gate_options, option_group,
+                                  output_options)
 
 
+@option_group("show", output_options)
 @option_group("gate", gate_options)
 @option_group("contract", contract_options)
 def validate(
@@ -22,8 +24,7 @@ def validate(
     runs: Runs = 100,
     contract: dict = None,
     seed: Seed = 0,
-    quiet: Quiet = False,
-    json_out: JsonOut = False,
+    show: Output = None,
 ) -> None:
     """Compare fp32 and int8 model files in their runtime on the CPU (onnxruntime for .onnx/.ort, ExecuTorch for
     .pte): accuracy, agreement, SQNR, size, latency.
@@ -33,13 +34,10 @@ def validate(
     from edgefuse.cli._ui import progress_bars
     from edgefuse.errors import GateFailed
 
-    with progress_bars(not (quiet or json_out)) as progress:
+    with progress_bars(show.bars) as progress:
         report = validate_files(fp32, int8, data=data, split=split, out_dir=out, budgets=gate.budgets, threads=threads,
                                 runs=runs, seed=seed, progress=progress, baseline=gate.baseline,
                                 contract_flags=contract)
-    if json_out:
-        render.as_json(report.to_dict())
-    elif not quiet:
-        render.validation_report(report)
+    show.emit(report.to_dict(), lambda: render.validation_report(report))
     if not report.passed:
         raise GateFailed("gate failed: " + "; ".join(report.failures))
