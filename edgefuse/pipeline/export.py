@@ -31,7 +31,7 @@ from edgefuse.pipeline.source import load_model_source
 from edgefuse.progress import NullProgress, Progress
 from edgefuse.quantize import QuantConfig, QuantizedModel, TensorBatches, quantize_ptq, quantize_qat
 from edgefuse.quantize.fallback import FallbackResult, fallback_within_budget
-from edgefuse.quantize.targets import quant_config_for
+from edgefuse.quantize.targets import quant_config_for, xnnpack_preset
 from edgefuse.training import evaluate
 from edgefuse.validate.core import write_report
 from edgefuse.validate.latency import fallback_latency
@@ -223,8 +223,7 @@ def quantize_programs(req: ExportRequest, inputs: Inputs, accuracy: dict, progre
                     _record_accuracy(accuracy, "fallback_pytorch", q.program, test_ds)
         progs.onnxruntime = q
     if "xnnpack" in schemes:
-        # ExecuTorch runs XNNPACK's int8 kernels: same calibration data and gate rules, XNNPACK's signed int8.
-        xcfg = replace(config, backend="xnnpack", activation_dtype="int8", reduce_range=False, target="xnnpack")
+        xcfg = xnnpack_preset(config)
         progs.xnnpack = (quantize_qat(model, calib_ds, xcfg, req.qat_config, progress=progress, dist=dist)
                          if req.qat_config else
                          quantize_ptq(model, TensorBatches(calib_ds, xcfg.calib_samples, xcfg.calib_batch_size), xcfg,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edgefuse.errors import UsageError
 from edgefuse.quantize.config import QuantConfig
@@ -61,6 +61,12 @@ def quant_config_for(target: str | Target | None = None, **options):
     """A :class:`QuantConfig` with ``target``'s int8 flavour (``None``/``auto``: this CPU's) and ``options``."""
     t = target if isinstance(target, Target) else get_target(target)
     return QuantConfig(activation_dtype=t.activation_dtype, reduce_range=t.reduce_range, target=t.name, **options)
+
+
+def xnnpack_preset(config: QuantConfig) -> QuantConfig:
+    """The recipe of ``.pte`` files: ``config``'s calibration, exclusions and gate rules, in the int8 flavour
+    ExecuTorch's XNNPACK kernels run (signed int8 activations, full-range weights, XNNPACK's quantizer)."""
+    return replace(config, backend="xnnpack", activation_dtype="int8", reduce_range=False, target="xnnpack")
 
 
 def get_target(name: str | None) -> Target:

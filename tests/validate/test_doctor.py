@@ -99,6 +99,15 @@ def test_targets():
         get_target("riscv")
 
 
+def test_xnnpack_preset_keeps_the_recipe_in_xnnpack_int8():
+    from edgefuse.quantize.targets import quant_config_for, xnnpack_preset
+
+    base = quant_config_for("x86-avx2", calibration="minmax", calib_samples=64, exclude=("layer1",))
+    x = xnnpack_preset(base)
+    assert (x.backend, x.activation_dtype, x.reduce_range, x.target) == ("xnnpack", "int8", False, "xnnpack")
+    assert (x.calibration, x.calib_samples, x.exclude) == ("minmax", 64, ("layer1",))
+
+
 def test_reduce_range_gives_7bit_weights():
     from edgefuse.quantize import QuantConfig
 
