@@ -11,6 +11,7 @@ from edgefuse._versions import versions
 from edgefuse.data.contract import PreprocessContract
 from edgefuse.errors import ExportError, InputFileError
 from edgefuse.export.formats.base import Artifact, BuildContext, Format
+from edgefuse.export.int8_activations import int8_hard_activations
 from edgefuse.export.onnx import export_onnx, opset_of
 from edgefuse.export.onnx_checks import (
     compact,
@@ -97,6 +98,7 @@ def finish_onnx(path: Path, contract: PreprocessContract, precision: str, simpli
     model.metadata_props.extend(kept)
     details["global_pools"] = reduce_mean_to_global_pool(model)
     if precision == "int8":
+        details["int8_activations"] = int8_hard_activations(model)
         details["tiled_gate_multiplies"] = tile_channel_broadcasts(model)
     set_metadata(model, contract_metadata(contract, precision, versions().get("edgefuse", "")))
     model.producer_name = "edgefuse"

@@ -1,0 +1,103 @@
+"""Hard-sigmoid and hard-swish as int8 Add/Mul (edgefuse.export.int8_activations): bounded against the
+QDQ arithmetic they replace, and run by onnxruntime's int8 kernels."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from edgefuse.data import ImageDataset, PreprocessContract, load_data
+from edgefuse.export import export_artifacts
+from edgefuse.export.int8_activations import int8_hard_activations
+from edgefuse.models import create_model
+from edgefuse.quantize import TensorBatches, quantize_ptq
+from edgefuse.runtimes import OrtModel
+from edgefuse.validate.doctor import diagnose
+
+
+def _qdq_graph(op: str, dtype, s_x: float, z_x: int, s_o: float, z_o: int, **attrs) -> onnx.ModelProto:
+    """x -> Q/DQ (s_x, z_x) -> op -> Q/DQ (s_o, z_o) -> y: the shape PT2E exports an int8 activation in."""
+    np_t = np.uint8 if dtype == TensorProto.UINT8 else np.int8
+    inits = [numpy_helper.from_array(np.float32(s_x), "sx"), numpy_helper.from_array(np_t(z_x), "zx"),
+             numpy_helper.from_array(np.float32(s_o), "so"), numpy_helper.from_array(np_t(z_o), "zo")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+             helper.make_node(op, ["xd"], ["a"], **attrs),
+             helper.make_node("QuantizeLinear", ["a", "so", "zo"], ["aq"]),
+             helper.make_node("DequantizeLinear", ["aq", "so", "zo"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 64, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 64, 64])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return OrtModel.from_bytes(model.SerializeToString()).run(x)
+
+
+# A grid over [-8, 8] that covers both clip points (-3 and +3) and the saturated tails.
+X = np.linspace(-8, 8, 4 * 64 * 64, dtype=np.float32).reshape(1, 4, 64, 64)
+
+
+@pytest.mark.parametrize("dtype,z_x,z_gate", [(TensorProto.UINT8, 128, 0), (TensorProto.INT8, 0, -128)])
+def test_hard_sigmoid_gate_is_the_same_quantized_arithmetic(dtype, z_x, z_gate):
+    s_x, s_o = 16 / 255, 1 / 256  # a gate with edgefuse's fixed output range
+    before = _qdq_graph("HardSigmoid", dtype, s_x, z_x, s_o, z_gate, alpha=1 / 6, beta=0.5)
+    after = onnx.ModelProto()
+    after.CopyFrom(before)
+    assert int8_hard_activations(after) == {"hardsigmoid": 1, "hardswish": 0}
+    onnx.checker.check_model(after)
+    assert "HardSigmoid" not in {n.op_type for n in after.graph.node}
+    y0, y1 = _run(before, X), _run(after, X)
+    # the same output grid; at most one step apart (rounding of (x + 3) * 6/s_o vs (x/6 + 0.5)/s_o)
+    assert np.abs(y1 - y0).max() <= s_o * 1.001
+    assert np.mean(y1 == y0) > 0.98
+    exact = np.clip(np.round(np.clip(X / 6 + 0.5, 0, 1) / s_o), 0, 255) * s_o  # what the gate means
+    assert np.abs(y1 - exact).max() <= s_o + s_x / 6 + 1e-6
+
+
+@pytest.mark.parametrize("dtype,z_x,z_o", [(TensorProto.UINT8, 128, 12), (TensorProto.INT8, 0, -116)])
+def test_hard_swish_error_is_bounded_by_the_gate_step(dtype, z_x, z_o):
+    s_x, s_o = 16 / 255, 8.4 / 255  # hard-swish output range [-0.375, 8]
+    before = _qdq_graph("HardSwish", dtype, s_x, z_x, s_o, z_o)
+    after = onnx.ModelProto()
+    after.CopyFrom(before)
+    assert int8_hard_activations(after) == {"hardsigmoid": 0, "hardswish": 1}
+    onnx.checker.check_model(after)
+    y0, y1 = _run(before, X), _run(after, X)
+    xq = np.clip(np.round(X / s_x) + z_x, -128 if dtype == TensorProto.INT8 else 0,
+                 127 if dtype == TensorProto.INT8 else 255)
+    xd = (xq - z_x) * s_x
+    # the gate is quantized with step 1/255 (error <= 1/510), times |x|, plus one output step of rounding
+    bound = np.abs(xd) / 510 + s_o * 1.001
+    assert np.all(np.abs(y1 - y0) <= bound)
+    assert np.mean(np.abs(y1 - y0) <= s_o * 1.001) > 0.97
+
+
+def test_nodes_without_int8_neighbours_are_left_alone():
+    m = _qdq_graph("HardSwish", TensorProto.UINT8, 0.1, 128, 0.05, 10)
+    m.graph.node[3].op_type = "Identity"  # the activation's output is no longer quantized
+    del m.graph.node[3].input[1:]
+    assert int8_hard_activations(m) == {"hardsigmoid": 0, "hardswish": 0}
+
+
+def test_mobilenetv3_hard_swish_runs_on_int8_kernels(tmp_path):
+    d = load_data("digits")
+    contract = PreprocessContract(32, 1, [0.306], [0.324], d.class_names)
+    calib, test = ImageDataset(d.train, contract), ImageDataset(d.test, contract)
+    torch.manual_seed(0)
+    model = create_model("mobilenetv3", 10, act=None, gate="hard_sigmoid").eval()  # the paper's activations
+    q = quantize_ptq(model, TensorBatches(calib, 32, 16))
+    res = export_artifacts(model, contract, tmp_path, quantized=q, formats=("onnx",))
+    details = next(a.details for a in res.artifacts if a.precision == "int8")
+    assert details["int8_activations"]["hardswish"] >= 10 and details["int8_activations"]["hardsigmoid"] >= 3
+    rep = diagnose(res.path("onnx", "int8"), runs=3)
+    assert not {"HardSwish", "HardSigmoid"} & set(rep.op_counts), rep.op_counts  # no fp32 island left
+    assert rep.op_counts.get("QLinearAdd", 0) >= 13 and rep.op_counts.get("QLinearMul", 0) >= 13
+    x = torch.stack([test[i][0] for i in range(128)])
+    with torch.no_grad():
+        ref = q.program(x).numpy()
+    got = OrtModel(res.path("onnx", "int8")).run(x.numpy())
+    assert (ref.argmax(1) == got.argmax(1)).mean() >= 0.99  # the file still computes its program
