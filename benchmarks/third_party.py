@@ -86,6 +86,9 @@ def measure(name: str, size: int, work: Path, *, formats=("onnx",), threads=(), 
         "fp32_files_agree": round(agreement(logits["fp32"], logits["plain_fp32"]), 4),
         "weights": {k: v for a in exported.artifacts if a.file == files["edgefuse_int8"].name
                     for k, v in a.details.items() if k.endswith("_weights")},
+        # what latency-aware precision measured and chose (fp32 prefix, if any)
+        "latency_precision": next((a.details.get("latency_precision") for a in exported.artifacts
+                                   if a.file == files["edgefuse_int8"].name), None),
     }
     for t in threads:
         ms = {k: OrtModel(p, t) for k, p in files.items()}

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -108,16 +109,25 @@ def _shift(x: torch.Tensor, pixels: int, gen: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset, batch_size: int = 256) -> float:
-    """Top-1 accuracy (0..1) of ``model`` on a dataset of ``(input, label)`` pairs."""
+def predict(model: nn.Module, dataset, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Top-1 class of ``model`` for every ``(input, label)`` pair of ``dataset``, and the labels."""
     was_training = model.training
     model.eval()
-    correct = total = 0
-    for x, y in DataLoader(dataset, batch_size=batch_size):
-        correct += int((model(x).argmax(1) == y).sum())
-        total += len(y)
+    preds, labels = [], []
+    with torch.no_grad():
+        for x, y in DataLoader(dataset, batch_size=batch_size):
+            preds.append(model(x).argmax(1).numpy())
+            labels.append(np.asarray(y))
     model.train(was_training)
-    return correct / max(total, 1)
+    if not preds:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(preds), np.concatenate(labels)
+
+
+def evaluate(model: nn.Module, dataset, batch_size: int = 256) -> float:
+    """Top-1 accuracy (0..1) of ``model`` on a dataset of ``(input, label)`` pairs."""
+    pred, labels = predict(model, dataset, batch_size)
+    return float((pred == labels).mean()) if len(labels) else 0.0
 
 
 #: A gate output this close to 0 or 1 counts as saturated (int8 gates step by 1/256: near the ends a gate is

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from edgefuse.cli._ui import out
-from edgefuse.validate.report import fallback_summary
+from edgefuse.validate.report import fallback_summary, latency_precision_summary
 
 
 def pct(v) -> str:
@@ -118,6 +118,8 @@ def validation_report(report, accuracy: Optional[dict] = None) -> None:
                       f"{r['speedup']:.2f}x" if r["latency_ratio"] < 1 else f"[red]{r['speedup']:.2f}x[/]",
                       "[green]passed[/]" if r["passed"] else "[red]FAILED[/]")
         out.print(t)
+    for f, c in report.extra.get("latency_precision", {}).items():
+        line(f"{f}: {latency_precision_summary(c)}")
     for f, d in report.extra.get("delegation", {}).items():
         left = ", ".join(f"{op} x{n}" for op, n in d["portable_ops"].items()) or "nothing"
         out.print(f"{f}: XNNPACK runs {d['delegated_nodes']}/{d['delegated_nodes'] + d['portable_nodes']} nodes; "

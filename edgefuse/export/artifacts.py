@@ -204,6 +204,7 @@ def stage_artifacts(
     force: bool = False,
     check_inputs: torch.Tensor | None = None,
     manifest_extra: dict | None = None,
+    latency_threads: int | None = None,
 ) -> ExportResult:
     """Build and check fp32 (and, given ``quantized``, int8) artifacts of ``model`` in a staging folder inside
     ``out_dir``; :func:`publish_artifacts` moves them into place (after the gate, for ``export``).
@@ -225,6 +226,8 @@ def stage_artifacts(
         simplify: run onnxsim (and keep its result only where it keeps int8 weights int8).
         force: replace existing artifacts.
         check_inputs: a few preprocessed inputs for the load-back checks of mobile files (default: noise).
+        latency_threads: measure the int8 ONNX file's latency-aware precision with this many threads (None:
+            all int8, nothing measured); see :mod:`edgefuse.export.kernel_choice`.
         manifest_extra: extra manifest entries (source model, quantization report...).
 
     Raises:
@@ -266,7 +269,7 @@ def stage_artifacts(
             raise UsageError(f"cannot write to {out}: {e.strerror or e}") from None
         example = torch.zeros((batch or 1, *contract.input_shape[1:]))
         ctx = BuildContext(tmp, contract, variants, xnnpack_variants, example, mobile_shape, batch is None, opset,
-                           simplify, check_inputs, notes, built=[])
+                           simplify, check_inputs, notes, built=[], latency_threads=latency_threads)
         for fmt in order:
             files = fmt.build(ctx)
             if fmt.mobile:  # every phone file carries its contract beside it

@@ -1,4 +1,4 @@
-"""int8 forms for the activations onnxruntime has no int8 kernel for: hard-sigmoid and hard-swish.
+"""int8 forms for the activations onnxruntime runs in fp32 inside int8 graphs: hard-sigmoid, hard-swish, SiLU.
 
 MobileNetV3, LCNet, EfficientNet-lite-style blocks and their SE gates use ``hardsigmoid(x) = clip(a*x + b, 0, 1)``
 (PyTorch: a = 1/6, b = 1/2) and ``hardswish(x) = x * hardsigmoid(x)`` (Howard et al. 2019, "Searching for
@@ -14,6 +14,10 @@ Both are affine maps followed by a clip, and a QuantizeLinear already is an affi
   arithmetic as before, up to rounding (one step of the output at most).
 - ``hardswish(x) = x * hardsigmoid(x)``: the hard-sigmoid as above, quantized to the full [0, 1] range
   (step 1/255: an error of at most 1/510 of ``x``), then an int8 ``QLinearMul`` with ``x``.
+
+- ``silu(x) = x * sigmoid(x)`` (EfficientNet's Swish; Ramachandran et al. 2017): exported as Sigmoid and
+  Mul with no quantized tensor between them, so both run in fp32. Quantizing the sigmoid to [0, 1] (step
+  1/255, the same bound as above) lets onnxruntime run ``QLinearSigmoid`` (a lookup table) and ``QLinearMul``.
 
 The rewrite is applied to QDQ int8 graphs only (the fp32 file keeps the original ops).
 """
@@ -40,6 +44,24 @@ def _scalar(inits: dict, name: str) -> np.ndarray | None:
     return a if a.size == 1 else None
 
 
+def _silu_sigmoid(n, producer: dict, consumers: dict, inits: dict) -> bool:
+    """``n`` is the sigmoid of a SiLU between int8 tensors: DQ(x) -> Sigmoid -> Mul(DQ(x), .) -> Q."""
+    dq = producer.get(n.input[0])
+    readers = consumers.get(n.output[0], [])
+    if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) != 3 or len(readers) != 1:
+        return False
+    if _scalar(inits, dq.input[1]) is None or _scalar(inits, dq.input[2]) is None:
+        return False
+    mul = readers[0]
+    if mul.op_type != "Mul" or len(mul.input) != 2:
+        return False
+    other = producer.get(mul.input[1] if mul.input[0] == n.output[0] else mul.input[0])
+    if other is None or other.op_type != "DequantizeLinear" or other.input[0] != dq.input[0]:
+        return False
+    q = consumers.get(mul.output[0], [])
+    return len(q) == 1 and q[0].op_type == "QuantizeLinear"
+
+
 def int8_hard_activations(model: onnx.ModelProto) -> dict[str, int]:
     """Rewrite ``HardSigmoid`` and ``HardSwish`` between int8 tensors as ``Add``/``Mul`` that onnxruntime runs
     as ``QLinearAdd``/``QLinearMul`` (see the module docstring for the arithmetic).
@@ -47,8 +69,11 @@ def int8_hard_activations(model: onnx.ModelProto) -> dict[str, int]:
     A node is rewritten when its input comes from a per-tensor ``DequantizeLinear`` and its output goes to
     exactly one ``QuantizeLinear`` (an int8 consumer); others are left as they are.
 
+    A SiLU (``Sigmoid`` whose only reader is a ``Mul`` with the sigmoid's own input, both read from one
+    quantized tensor, the product quantized) gets its sigmoid quantized.
+
     Returns:
-        ``{"hardsigmoid": n, "hardswish": m}``: the nodes rewritten.
+        ``{"hardsigmoid": n, "hardswish": m, "silu": k}``: the nodes rewritten.
     """
     g = model.graph
     inits = {t.name: t for t in g.initializer}
@@ -72,9 +97,26 @@ def int8_hard_activations(model: onnx.ModelProto) -> dict[str, int]:
         added.append(t)
         return t.name
 
-    counts = {"hardsigmoid": 0, "hardswish": 0}
+    counts = {"hardsigmoid": 0, "hardswish": 0, "silu": 0}
     out: list[onnx.NodeProto] = []
     for n in g.node:
+        if n.op_type == "Sigmoid" and _silu_sigmoid(n, producer, consumers, inits):
+            zp = numpy_helper.to_array(inits[producer[n.input[0]].input[2]])
+            info = np.iinfo(zp.dtype)
+            s_o, z_o = 1.0 / (int(info.max) - int(info.min)), int(info.min)
+            base = n.name or n.output[0]
+            q_out, dq_out = fresh(base + "_q"), fresh(base + "_gate")
+            scale, zero = const(s_o, np.float32, base + "_scale"), const(z_o, zp.dtype.type, base + "_zp")
+            mul = consumers[n.output[0]][0]
+            mul.input[list(mul.input).index(n.output[0])] = dq_out
+            out.append(n)
+            for op, ins, outs in (("QuantizeLinear", [n.output[0], scale, zero], [q_out]),
+                                  ("DequantizeLinear", [q_out, scale, zero], [dq_out])):
+                node = helper.make_node(op, ins, outs, name=f"{base}_{op}")
+                node.metadata_props.extend(n.metadata_props)
+                out.append(node)
+            counts["silu"] += 1
+            continue
         if n.op_type not in ("HardSigmoid", "HardSwish"):
             out.append(n)
             continue

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,8 +32,8 @@ from edgefuse.pipeline.source import load_model_source
 from edgefuse.progress import NullProgress, Progress
 from edgefuse.quantize import QuantConfig, QuantizedModel, TensorBatches, quantize_ptq, quantize_qat
 from edgefuse.quantize.fallback import FallbackResult, fallback_within_budget
-from edgefuse.quantize.targets import quant_config_for, xnnpack_preset
-from edgefuse.training import evaluate
+from edgefuse.quantize.targets import measurable_here, quant_config_for, xnnpack_preset
+from edgefuse.training import predict
 from edgefuse.validate.core import write_report
 from edgefuse.validate.latency import fallback_latency
 from edgefuse.validate.report import Budgets, ValidationReport
@@ -60,6 +61,8 @@ class ExportRequest:
         force: replace a published set.
         seed: data split seed.
         fallback: with ``budgets.max_drop``, keep the most sensitive modules in fp32 until it fits.
+        latency_search: time fp32 prefixes of the int8 ONNX graph on this CPU and ship the fastest
+            (:mod:`edgefuse.export.kernel_choice`); only where this CPU is of the target's kind.
         baseline: a stored report to compare with (``--baseline``; its tolerances are in ``budgets``).
         model_kwargs: ``factory``, ``trust_pickle``, ``input_size``, ``channels``, ``mean``, ``std``.
     """
@@ -81,6 +84,7 @@ class ExportRequest:
     force: bool = False
     seed: int = 0
     fallback: bool = True
+    latency_search: bool = True
     baseline: dict | None = None
     model_kwargs: dict = field(default_factory=dict)
 
@@ -144,6 +148,8 @@ class Programs:
     fallback: FallbackResult | None = None
     #: the onnxruntime program before the fallback kept modules in fp32 (for its latency costing)
     all_int8: QuantizedModel | None = None
+    #: per scheme (``fp32`` too), the final program's top-1 class for every test image
+    predicted: dict[str, np.ndarray | None] = field(default_factory=dict)
 
     def by_scheme(self, model: nn.Module) -> dict[str, nn.Module]:
         out = {"fp32": model}
@@ -190,9 +196,14 @@ def load_inputs(req: ExportRequest) -> Inputs:
                   val_ds=ImageDataset(ev.val, contract) if ev is not None else None)
 
 
-def _record_accuracy(accuracy: dict, key: str, program: nn.Module, test_ds) -> None:
-    if test_ds is not None:
-        accuracy[key] = evaluate(program, test_ds)
+def _record_accuracy(accuracy: dict, key: str, program: nn.Module, test_ds) -> np.ndarray | None:
+    """PyTorch top-1 of ``program`` on the test split into ``accuracy[key]``; returns its per-image classes (the
+    artifact check compares the files with them instead of running the program again)."""
+    if test_ds is None:
+        return None
+    pred, labels = predict(program, test_ds)
+    accuracy[key] = float((pred == labels).mean()) if len(labels) else 0.0
+    return pred
 
 
 def quantize_programs(req: ExportRequest, inputs: Inputs, accuracy: dict, progress: Progress,
@@ -207,10 +218,10 @@ def quantize_programs(req: ExportRequest, inputs: Inputs, accuracy: dict, progre
     if "onnxruntime" in schemes:  # the ONNX-based formats (and TorchScript) share onnxruntime's program
         q = quantize_ptq(model, TensorBatches(calib_ds, config.calib_samples, config.calib_batch_size), config,
                          progress=progress)
-        _record_accuracy(accuracy, "ptq_pytorch", q.program, test_ds)
+        progs.predicted["onnxruntime"] = _record_accuracy(accuracy, "ptq_pytorch", q.program, test_ds)
         if req.qat_config is not None:
             q = quantize_qat(model, calib_ds, config, req.qat_config, progress=progress, dist=dist)
-            _record_accuracy(accuracy, "qat_pytorch", q.program, test_ds)
+            progs.predicted["onnxruntime"] = _record_accuracy(accuracy, "qat_pytorch", q.program, test_ds)
         if req.fallback and req.budgets.max_drop is not None and inputs.val_ds is not None:
             rebuilt, fb = fallback_within_budget(model, q, calib_ds, inputs.val_ds, config,
                                                  max_drop=req.budgets.max_drop, drop_type=req.budgets.drop_type,
@@ -220,7 +231,7 @@ def quantize_programs(req: ExportRequest, inputs: Inputs, accuracy: dict, progre
                 if rebuilt is not None:
                     q = rebuilt
                     config = rebuilt.config  # the .pte build keeps the same modules in fp32
-                    _record_accuracy(accuracy, "fallback_pytorch", q.program, test_ds)
+                    progs.predicted["onnxruntime"] = _record_accuracy(accuracy, "fallback_pytorch", q.program, test_ds)
         progs.onnxruntime = q
     if "xnnpack" in schemes:
         xcfg = xnnpack_preset(config)
@@ -228,7 +239,7 @@ def quantize_programs(req: ExportRequest, inputs: Inputs, accuracy: dict, progre
                          if req.qat_config else
                          quantize_ptq(model, TensorBatches(calib_ds, xcfg.calib_samples, xcfg.calib_batch_size), xcfg,
                                       progress=progress))
-        _record_accuracy(accuracy, "xnnpack_int8_pytorch", progs.xnnpack.program, test_ds)
+        progs.predicted["xnnpack"] = _record_accuracy(accuracy, "xnnpack_int8_pytorch", progs.xnnpack.program, test_ds)
     return progs
 
 
@@ -240,7 +251,7 @@ def gate_staged(req: ExportRequest, staged: ExportResult, inputs: Inputs, progs:
     data_info = {"source": req.eval_source, "split": "test"} if req.eval_source else {"source": None}
     report = validate_shipped(staged, progs.by_scheme(inputs.model), inputs.test_ds, budgets=req.budgets,
                               threads=req.threads, runs=req.runs, baseline=req.baseline, data_info=data_info,
-                              fallback=progs.fallback, progress=progress)
+                              fallback=progs.fallback, program_predictions=progs.predicted, progress=progress)
     if report is None:
         return None
     report.extra["accuracy_pytorch"] = accuracy
@@ -248,6 +259,15 @@ def gate_staged(req: ExportRequest, staged: ExportResult, inputs: Inputs, progs:
         report.extra["fp32_fallback"] = progs.fallback.to_dict()
     write_report(report, staged.out_dir)
     return report
+
+
+def _latency_threads(req: ExportRequest, progs: Programs) -> int | None:
+    """Threads for the latency-aware precision search, or None when it does not run: asked off, no int8
+    onnxruntime program, or a target CPU of another kind than this one."""
+    q = progs.onnxruntime
+    if not req.latency_search or q is None or not measurable_here(q.config.target):
+        return None
+    return req.threads
 
 
 def run_export(req: ExportRequest, *, progress: Progress = NullProgress(),
@@ -262,8 +282,9 @@ def run_export(req: ExportRequest, *, progress: Progress = NullProgress(),
     check_request(req)
     inputs = load_inputs(req)
     outcome = ExportOutcome(source=inputs.info)
-    _record_accuracy(outcome.accuracy, "fp32_pytorch", inputs.model, inputs.test_ds)
+    fp32_predicted = _record_accuracy(outcome.accuracy, "fp32_pytorch", inputs.model, inputs.test_ds)
     progs = quantize_programs(req, inputs, outcome.accuracy, progress, dist)
+    progs.predicted["fp32"] = fp32_predicted
     outcome.fallback = progs.fallback
     if dist is not None and dist.enabled and not dist.is_main:
         outcome.rank = dist.rank
@@ -286,7 +307,8 @@ def run_export(req: ExportRequest, *, progress: Progress = NullProgress(),
     try:
         staged = stage_artifacts(inputs.model, inputs.contract, req.out_dir, quantized=progs.onnxruntime,
                                  pte_quantized=progs.xnnpack, formats=req.formats, batch=req.batch, opset=req.opset,
-                                 force=req.force, check_inputs=check_inputs, manifest_extra=manifest_extra)
+                                 force=req.force, check_inputs=check_inputs, manifest_extra=manifest_extra,
+                                 latency_threads=_latency_threads(req, progs))
         outcome.report = gate_staged(req, staged, inputs, progs, outcome.accuracy, progress)
         outcome.export = publish_artifacts(staged, force=req.force,
                                            gate=None if outcome.report is None else outcome.report.gate.to_dict())

@@ -63,6 +63,14 @@ def quant_config_for(target: str | Target | None = None, **options):
     return QuantConfig(activation_dtype=t.activation_dtype, reduce_range=t.reduce_range, target=t.name, **options)
 
 
+def measurable_here(target_name: str, machine: str | None = None) -> bool:
+    """Whether latency measured on this machine says anything about ``target_name``'s CPU: an x86 preset on
+    an x86 host, ``arm64`` on an ARM host (what is fast here is not what is fast on a phone core)."""
+    machine = (machine or platform.machine()).lower()
+    arm = machine in ("aarch64", "arm64")
+    return target_name == "arm64" if arm else target_name.startswith("x86")
+
+
 def xnnpack_preset(config: QuantConfig) -> QuantConfig:
     """The recipe of ``.pte`` files: ``config``'s calibration, exclusions and gate rules, in the int8 flavour
     ExecuTorch's XNNPACK kernels run (signed int8 activations, full-range weights, XNNPACK's quantizer)."""

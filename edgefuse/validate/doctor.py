@@ -87,9 +87,15 @@ ISLAND_ADVICE = {
                            "attention descriptor, a (N, 1, H, W) map), not over H x W, so GlobalAveragePool does not "
                            "apply; it is a 1 x 1 conv with weights 1/C, which runs as QLinearConv, or it stays fp32 "
                            "at the cost shown (its map has one channel).",
-    "HardSigmoid": "hard-sigmoid / hard-swish have no int8 kernel in onnxruntime: use Sigmoid gates (QLinearSigmoid, "
-                   "gate='sigmoid') and ReLU activations (mobilenetv3 act='relu'), or keep the block fp32 with --exclude.",
-    "HardSwish": "hard-swish has no int8 kernel in onnxruntime: use ReLU activations (mobilenetv3 act='relu').",
+    "HardSigmoid": "hard-sigmoid / hard-swish have no int8 kernel in onnxruntime; `edgefuse export --int8` runs "
+                   "them as int8 QLinearAdd/QLinearMul itself (the 1/6 folded into a scale, the clip into saturation; "
+                   "no change to the network): export the model with edgefuse instead of quantizing it elsewhere. "
+                   "Only when training from scratch: Sigmoid gates (gate='sigmoid') and ReLU (mobilenetv3 act='relu').",
+    "HardSwish": "hard-swish has no int8 kernel in onnxruntime; `edgefuse export --int8` runs it as int8 "
+                 "QLinearAdd + QLinearMul itself (no change to the network). Only when training from scratch: ReLU "
+                 "(mobilenetv3 act='relu').",
+    "Sigmoid": "a Sigmoid between two fp32 ops (SiLU/Swish: x * sigmoid(x)); `edgefuse export --int8` quantizes the "
+               "sigmoid so it runs as QLinearSigmoid and the product as QLinearMul.",
     "Sub": "Sub has no int8 kernel in onnxruntime: rewrite a - b blends as Mul/Add (EfficientAttention forms its "
            "weights on the small gate tensor for this reason).",
     "InstanceNormalization": "normalisation stays fp32; on (B, C, 1, 1) attention tensors this is cheap.",

@@ -1,58 +1,19 @@
-"""Side-by-side CPU latency: models timed interleaved in one run, so both see the same machine state."""
+"""Latency of builds: interleaved timing (:func:`edgefuse.runtimes.timing.interleaved_latency`) and what the
+fp32 fallback's steps cost."""
 
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from edgefuse.export.onnx import export_onnx
-from edgefuse.progress import NullProgress, Progress
 from edgefuse.quantize import TensorBatches, quantize_ptq
 from edgefuse.quantize.analysis import exclude_pattern
 from edgefuse.runtimes import OrtModel
-
-
-def interleaved_latency(
-    runners: dict[str, Callable[[], object]],
-    runs: int = 100,
-    warmup: int = 10,
-    progress: Progress = NullProgress(),
-) -> dict[str, dict[str, float]]:
-    """Time each runner ``runs`` times, alternating between them, after ``warmup`` calls each.
-
-    Returns:
-        ``{name: {"median_ms", "p90_ms", "mean_ms", "runs"}}``.
-    """
-    names = list(runners)
-    for _ in range(warmup):
-        for n in names:
-            runners[n]()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    progress.start("benchmark", runs)
-    try:
-        for i in range(runs):
-            # Alternate the order too, so neither model always runs on a cache warmed by the other.
-            for n in names if i % 2 == 0 else reversed(names):
-                t0 = time.perf_counter()
-                runners[n]()
-                times[n].append((time.perf_counter() - t0) * 1e3)
-            progress.advance("benchmark")
-    finally:
-        progress.finish("benchmark")
-    return {
-        n: {
-            "median_ms": float(np.median(t)),
-            "p90_ms": float(np.percentile(t, 90)),
-            "mean_ms": float(np.mean(t)),
-            "runs": len(t),
-        }
-        for n, t in times.items()
-    }
+from edgefuse.runtimes.timing import interleaved_latency  # noqa: F401 -- also this module's API
 
 
 def fallback_latency(model, calib_ds, fb, config, threads: int, runs: int, built: dict) -> dict:

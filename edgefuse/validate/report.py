@@ -151,6 +151,9 @@ class ValidationReport:
         if self.extra.get("pytorch_agreement"):
             lines += ["", "## Each artifact against PyTorch (top-1 agreement on the evaluation split)", ""]
             lines += [f"- `{f}`: {pct(v)}" for f, v in self.extra["pytorch_agreement"].items()]
+        if self.extra.get("latency_precision"):
+            lines += ["", "## Latency-aware precision (measured on this CPU)", ""]
+            lines += [f"- `{f}`: {latency_precision_summary(c)}" for f, c in self.extra["latency_precision"].items()]
         if self.extra.get("delegation"):
             lines += ["", "## ExecuTorch: what XNNPACK runs", ""]
             for f, d in self.extra["delegation"].items():
@@ -196,6 +199,18 @@ class ValidationReport:
 
 def _or_not_gated(value, unit: str = "") -> str:
     return "not gated" if value is None else f"{value:g}{unit}"
+
+
+def latency_precision_summary(c: dict) -> str:
+    """One sentence on what the latency-aware precision search chose (``Artifact.details["latency_precision"]``)."""
+    ms = c.get("candidates_ms", {})
+    ref = f"fp32 file {ms['fp32']:.3f} ms" if "fp32" in ms else "fp32 not timed"
+    if c.get("chosen", "all int8") == "all int8":
+        why = "int8 pays, nothing else timed" if len(ms) <= 2 else f"no fp32 prefix was faster ({len(ms) - 2} timed)"
+        return f"every layer int8 ({ms.get('all int8', float('nan')):.3f} ms; {ref}; {why})."
+    return (f"{c['chosen']}: {len(c['fp32_modules'])} module(s), {c['fp32_weight_nodes']} conv/linear weights in fp32; "
+            f"{ms[c['chosen']]:.3f} ms against {ms['all int8']:.3f} ms all int8 ({ref}), batch 1, "
+            f"{c['threads']} thread(s), {c['runs']} interleaved runs.")
 
 
 def fallback_summary(fb: dict) -> str:

@@ -13,6 +13,7 @@ from edgefuse.export.artifacts import ExportResult
 from edgefuse.export.formats import format_names, get_format
 from edgefuse.progress import NullProgress, Progress
 from edgefuse.quantize.fallback import FallbackResult
+from edgefuse.quantize.fp32_region import fp32_region
 from edgefuse.runtimes import load_runtime
 from edgefuse.validate.core import validate_models
 from edgefuse.validate.gate import judge
@@ -30,7 +31,7 @@ def format_summary(r: ValidationReport) -> dict:
 
 def validate_shipped(staged: ExportResult, programs: dict[str, nn.Module], dataset, *, budgets: Budgets,
                      threads: int = 1, runs: int = 100, baseline: dict | None = None, data_info: dict | None = None,
-                     fallback: FallbackResult | None = None,
+                     fallback: FallbackResult | None = None, program_predictions: dict | None = None,
                      progress: Progress = NullProgress()) -> ValidationReport | None:
     """Validate every fp32/int8 pair of ``staged`` whose format has a runtime, and gate them together.
 
@@ -42,6 +43,8 @@ def validate_shipped(staged: ExportResult, programs: dict[str, nn.Module], datas
         budgets, threads, runs, baseline, progress: as for :func:`validate_models`; the baseline is
             compared with the first format's pair.
         fallback: the fp32 fallback's outcome, if it ran (the gate fails when it missed its budget).
+        program_predictions: per key of ``programs``, its top-1 class for every image of ``dataset``, where
+            already computed (the programs are then not run again).
 
     Returns:
         The first format's report, whose ``gate`` judges the whole set (every format's pair, every file
@@ -63,7 +66,8 @@ def validate_shipped(staged: ExportResult, programs: dict[str, nn.Module], datas
         report.extra["formats"] = {fmt: format_summary(r) for fmt, r in reports.items()}
     agreement = None
     if dataset is not None:
-        agreement = agreement_with_programs(staged, programs, dataset, threads, reports)
+        agreement = agreement_with_programs(staged, programs, dataset, threads, reports,
+                                            program_predictions=program_predictions)
         report.extra["pytorch_agreement"] = agreement
         onnx_int8 = staged.path("onnx", "int8")
         if onnx_int8 is not None:
@@ -72,7 +76,7 @@ def validate_shipped(staged: ExportResult, programs: dict[str, nn.Module], datas
     # whatever its accuracy (labels may not tell).
     report.gate = judge(reports, budgets, agreement=agreement, samples=0 if dataset is None else len(dataset),
                         fallback=fallback)
-    for key in ("delegation", "mobile_usability"):  # what the formats' builders found out about their files
+    for key in ("delegation", "mobile_usability", "latency_precision"):  # what the formats' builders found out about their files
         found = {a.file: a.details[key] for a in staged.artifacts if key in a.details}
         if found:
             report.extra[key] = found
@@ -85,8 +89,8 @@ def validate_shipped(staged: ExportResult, programs: dict[str, nn.Module], datas
 
 
 def agreement_with_programs(staged: ExportResult, programs: dict[str, nn.Module], dataset, threads: int = 1,
-                            reports: dict[str, ValidationReport] | None = None,
-                            batch_size: int = 64) -> dict[str, float]:
+                            reports: dict[str, ValidationReport] | None = None, batch_size: int = 64,
+                            program_predictions: dict | None = None) -> dict[str, float]:
     """Top-1 agreement of every runnable file of ``staged`` with the PyTorch program it was exported from.
 
     Files that validation already ran reuse its per-image top-1 classes (``reports``, per format); the
@@ -95,17 +99,28 @@ def agreement_with_programs(staged: ExportResult, programs: dict[str, nn.Module]
     """
     runnable = {f for f in format_names() if get_format(f).runtime is not None}
     files = [a for a in staged.artifacts if a.kind in runnable]
-    key = {a.file: "fp32" if a.precision == "fp32" else get_format(a.kind).int8_scheme for a in files}
+    # The reference of a file is its scheme's program -- with the same fp32 region where latency-aware
+    # precision gave the file (or the file it was converted from) one.
+    by_name = {a.file: a for a in staged.artifacts}
+    key = {}
+    for a in files:
+        if a.precision == "fp32":
+            key[a.file] = ("fp32", ())
+            continue
+        src = by_name.get(a.details.get("converted_from"), a)
+        region = tuple(a.details.get("latency_precision", src.details.get("latency_precision", {})).get("fp32_modules", ()))
+        key[a.file] = (get_format(a.kind).int8_scheme, region)
     known = {}
     for a in files:
         r = (reports or {}).get(a.kind)
         if r is not None and r.predictions is not None and Path(getattr(r, a.precision).file).name == a.file:
             known[a.file] = r.predictions[a.precision]
-    refs = {k: programs[k] for k in set(key.values())}
+    given = {(k, ()): p for k, p in (program_predictions or {}).items() if p is not None and len(p) == len(dataset)}
+    refs = {k: programs[k[0]] if not k[1] else fp32_region(programs[k[0]], k[1]) for k in set(key.values()) - set(given)}
     runtimes = {a.file: load_runtime(staged.out_dir / a.file, threads) for a in files if a.file not in known}
     ref_top1 = {k: [] for k in refs}
     got_top1 = {f: [] for f in runtimes}
-    n = len(dataset)
+    n = len(dataset) if refs or runtimes else 0  # nothing left to run: every figure was known
     for start in range(0, n, batch_size):
         x = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, n))])
         with torch.no_grad():
@@ -114,4 +129,5 @@ def agreement_with_programs(staged: ExportResult, programs: dict[str, nn.Module]
         for f, rt in runtimes.items():
             got_top1[f].append(rt.run(x.numpy()).argmax(1))
     got = {**known, **{f: np.concatenate(v) for f, v in got_top1.items()}}
-    return {a.file: float(np.mean(got[a.file] == np.concatenate(ref_top1[key[a.file]]))) for a in files}
+    ref = {**given, **{k: np.concatenate(v) for k, v in ref_top1.items() if v}}
+    return {a.file: float(np.mean(got[a.file] == ref[key[a.file]])) for a in files}

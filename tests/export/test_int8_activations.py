@@ -47,7 +47,7 @@ def test_hard_sigmoid_gate_is_the_same_quantized_arithmetic(dtype, z_x, z_gate):
     before = _qdq_graph("HardSigmoid", dtype, s_x, z_x, s_o, z_gate, alpha=1 / 6, beta=0.5)
     after = onnx.ModelProto()
     after.CopyFrom(before)
-    assert int8_hard_activations(after) == {"hardsigmoid": 1, "hardswish": 0}
+    assert int8_hard_activations(after) == {"hardsigmoid": 1, "hardswish": 0, "silu": 0}
     onnx.checker.check_model(after)
     assert "HardSigmoid" not in {n.op_type for n in after.graph.node}
     y0, y1 = _run(before, X), _run(after, X)
@@ -64,7 +64,7 @@ def test_hard_swish_error_is_bounded_by_the_gate_step(dtype, z_x, z_o):
     before = _qdq_graph("HardSwish", dtype, s_x, z_x, s_o, z_o)
     after = onnx.ModelProto()
     after.CopyFrom(before)
-    assert int8_hard_activations(after) == {"hardsigmoid": 0, "hardswish": 1}
+    assert int8_hard_activations(after) == {"hardsigmoid": 0, "hardswish": 1, "silu": 0}
     onnx.checker.check_model(after)
     y0, y1 = _run(before, X), _run(after, X)
     xq = np.clip(np.round(X / s_x) + z_x, -128 if dtype == TensorProto.INT8 else 0,
@@ -80,7 +80,7 @@ def test_nodes_without_int8_neighbours_are_left_alone():
     m = _qdq_graph("HardSwish", TensorProto.UINT8, 0.1, 128, 0.05, 10)
     m.graph.node[3].op_type = "Identity"  # the activation's output is no longer quantized
     del m.graph.node[3].input[1:]
-    assert int8_hard_activations(m) == {"hardsigmoid": 0, "hardswish": 0}
+    assert int8_hard_activations(m) == {"hardsigmoid": 0, "hardswish": 0, "silu": 0}
 
 
 def test_mobilenetv3_hard_swish_runs_on_int8_kernels(tmp_path):
@@ -101,3 +101,35 @@ def test_mobilenetv3_hard_swish_runs_on_int8_kernels(tmp_path):
         ref = q.program(x).numpy()
     got = OrtModel(res.path("onnx", "int8")).run(x.numpy())
     assert (ref.argmax(1) == got.argmax(1)).mean() >= 0.99  # the file still computes its program
+
+
+def _silu_graph(s_x: float, z_x: int, s_o: float, z_o: int) -> onnx.ModelProto:
+    """x -> Q -> two DQ -> Sigmoid(dq1) * dq2 -> Q/DQ: SiLU as the exporter writes it."""
+    inits = [numpy_helper.from_array(np.float32(s_x), "sx"), numpy_helper.from_array(np.uint8(z_x), "zx"),
+             numpy_helper.from_array(np.float32(s_o), "so"), numpy_helper.from_array(np.uint8(z_o), "zo")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd1"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd2"]),
+             helper.make_node("Sigmoid", ["xd1"], ["sig"]),
+             helper.make_node("Mul", ["xd2", "sig"], ["a"]),
+             helper.make_node("QuantizeLinear", ["a", "so", "zo"], ["aq"]),
+             helper.make_node("DequantizeLinear", ["aq", "so", "zo"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 64, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 64, 64])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_silu_gets_an_int8_sigmoid_with_a_bounded_error(tmp_path):
+    s_x, z_x, s_o, z_o = 16 / 255, 128, 8.3 / 255, 4
+    before = _silu_graph(s_x, z_x, s_o, z_o)
+    after = onnx.ModelProto()
+    after.CopyFrom(before)
+    assert int8_hard_activations(after) == {"hardsigmoid": 0, "hardswish": 0, "silu": 1}
+    onnx.checker.check_model(after)
+    y0, y1 = _run(before, X), _run(after, X)
+    xd = (np.clip(np.round(X / s_x) + z_x, 0, 255) - z_x) * s_x
+    assert np.all(np.abs(y1 - y0) <= np.abs(xd) / 510 + s_o * 1.001)  # the sigmoid's step 1/255, then rounding
+    onnx.save(after, str(tmp_path / "silu.onnx"))
+    rep = diagnose(tmp_path / "silu.onnx", runs=2)
+    assert {"QLinearSigmoid", "QLinearMul"} <= set(rep.op_counts) and "Sigmoid" not in rep.op_counts, rep.op_counts
+

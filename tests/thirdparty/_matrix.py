@@ -26,7 +26,10 @@ def check(name, tmp_path, formats=("onnx",)):
     r = measure(name, SIZE, tmp_path, formats=formats)
     assert r["artifact_agreement"]["model.fp32.onnx"] == 1.0, r
     assert r["fp32_files_agree"] == 1.0, r
-    assert r["weights"]["float_weights"] <= FP32_WEIGHTS.get(name, 1) and r["weights"]["int8_weights"] >= 12, r
+    # fp32 weights only where expected: the stem, and the prefix latency-aware precision measured faster in fp32
+    moved = (r["latency_precision"] or {}).get("fp32_weight_nodes", 0)
+    assert r["weights"]["float_weights"] <= FP32_WEIGHTS.get(name, 1) + moved, r
+    assert r["weights"]["int8_weights"] + moved >= 12 and r["weights"]["int8_weights"] >= 1, r
     # never worse than onnxruntime's own quantizer by more than 3 dB on the same model and images
     assert r["sqnr_edgefuse_db"] >= r["sqnr_ort_db"] - 3.0, r
     if r["sqnr_ort_db"] >= 10.0:

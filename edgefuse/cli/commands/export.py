@@ -52,6 +52,11 @@ def export(
         help="With --max-drop: when int8 loses more than the budget on the validation split, keep the most sensitive "
              "modules in fp32 (greedy, by measured sensitivity) until it fits; the test split then gates the "
              "result.")] = True,
+    latency_search: Annotated[bool, typer.Option(
+        "--latency-search/--no-latency-search",
+        help="With --int8: time fp32 prefixes of the int8 ONNX graph here (the first layers of depthwise networks "
+             "are faster in fp32 on onnxruntime) and ship the fastest; the choice is in the manifest. Off: every "
+             "layer int8, and byte-identical files on any machine.")] = True,
     threads: Threads = 1,
     runs: Runs = 100,
     no_validate: Annotated[bool, typer.Option("--no-validate", help="Skip the validation and gate.")] = False,
@@ -84,7 +89,8 @@ def export(
         res = export_model(
             model, out, int8=int8 or qat, calib=calib, data=data, quant_config=qcfg, qat_config=qat_cfg, formats=fmts,
             batch=batch, opset=opset, budgets=budgets, validate=not no_validate, threads=threads, runs=runs,
-            force=force, seed=seed, fallback=fallback, baseline=gate.baseline, progress=progress, model_kwargs=source)
+            force=force, seed=seed, fallback=fallback, latency_search=latency_search, baseline=gate.baseline,
+            progress=progress, model_kwargs=source)
     if res.export is None:  # a helper rank under torchrun: QAT done, rank 0 writes and reports
         return
     report = res.report

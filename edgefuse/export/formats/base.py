@@ -42,6 +42,8 @@ class BuildContext:
         check_inputs: images a converter compares its output with its source on.
         notes: what could not be produced, or was changed, and why (builders append).
         built: artifacts of the formats built before this one (a converter reads its source files here).
+        latency_threads: measure latency-aware precision with this many threads (None: not measured,
+            e.g. when the target CPU is not this one); see :mod:`edgefuse.export.kernel_choice`.
     """
 
     folder: Path
@@ -56,6 +58,7 @@ class BuildContext:
     check_inputs: torch.Tensor
     notes: list[str]
     built: list[Artifact]
+    latency_threads: int | None = None
 
 
 @dataclass(frozen=True)

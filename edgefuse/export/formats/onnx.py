@@ -12,6 +12,7 @@ from edgefuse.data.contract import PreprocessContract
 from edgefuse.errors import ExportError, InputFileError
 from edgefuse.export.formats.base import Artifact, BuildContext, Format
 from edgefuse.export.int8_activations import int8_hard_activations
+from edgefuse.export.kernel_choice import choose_fp32_prefix
 from edgefuse.export.onnx import export_onnx, opset_of
 from edgefuse.export.onnx_checks import (
     compact,
@@ -32,7 +33,8 @@ def build(ctx: BuildContext) -> list[Artifact]:
         name = f"model.{precision}.onnx"
         export_onnx(module, (ctx.example,), ctx.folder / name, input_names=[ctx.contract.input_name],
                     output_names=["logits"], dynamic_batch=ctx.dynamic_batch, opset=ctx.opset)
-        details = finish_onnx(ctx.folder / name, ctx.contract, precision, ctx.simplify, ctx.notes)
+        details = finish_onnx(ctx.folder / name, ctx.contract, precision, ctx.simplify, ctx.notes,
+                              latency_threads=ctx.latency_threads, input_shape=[1, *ctx.mobile_shape[1:]])
         arts.append(Artifact(name, "onnx", precision, details=details))
     return arts
 
@@ -67,7 +69,11 @@ FORMAT = Format("onnx", "QDQ int8 for onnxruntime, dynamic batch unless --batch"
                 suffixes=(".onnx",), describe=describe)
 
 
-def finish_onnx(path: Path, contract: PreprocessContract, precision: str, simplify: bool, notes: list[str]) -> dict:
+def finish_onnx(path: Path, contract: PreprocessContract, precision: str, simplify: bool, notes: list[str], *,
+                latency_threads: int | None = None, input_shape: list[int] | None = None) -> dict:
+    """The passes every exported ONNX file gets (metadata, onnxsim where it keeps int8 weights, pooling, and for
+    int8 the int8 activations, tiled gate multiplies and, with ``latency_threads``, the measured fp32 prefix),
+    then its checks."""
     model = onnx.load(str(path))
     strip_debug_metadata(model)
     details: dict = {"opset": opset_of(model)}
@@ -97,9 +103,21 @@ def finish_onnx(path: Path, contract: PreprocessContract, precision: str, simpli
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     details["global_pools"] = reduce_mean_to_global_pool(model)
+    moved = 0
     if precision == "int8":
-        details["int8_activations"] = int8_hard_activations(model)
-        details["tiled_gate_multiplies"] = tile_channel_broadcasts(model)
+        def finish(m: onnx.ModelProto) -> dict:
+            return {"int8_activations": int8_hard_activations(m), "tiled_gate_multiplies": tile_channel_broadcasts(m)}
+
+        if latency_threads is not None and input_shape is not None:
+            fp32_file = path.with_name(path.name.replace(".int8.", ".fp32."))
+            fp32 = onnx.load(str(fp32_file)) if fp32_file.exists() and fp32_file != path else None
+            model, choice, done = choose_fp32_prefix(model, finish, input_shape=input_shape, fp32=fp32,
+                                                     threads=latency_threads)
+            details["latency_precision"] = choice.to_dict()
+            moved = choice.fp32_weight_nodes
+        else:
+            done = finish(model)
+        details.update(done)
     set_metadata(model, contract_metadata(contract, precision, versions().get("edgefuse", "")))
     model.producer_name = "edgefuse"
     compact(model)
@@ -108,8 +126,9 @@ def finish_onnx(path: Path, contract: PreprocessContract, precision: str, simpli
     summary = weight_summary(model)
     # fp32 weights are legitimate where the quantizer kept a conv wholly fp32 (stem, --exclude); what
     # must never happen is fewer int8 weights than the exporter produced (folded back to fp32).
-    if precision == "int8" and (summary["int8_weights"] == 0 or summary["int8_weights"] < before["int8_weights"]
-                                or summary["float_weights"] > before["float_weights"]):
+    # (The measured fp32 prefix moves ``moved`` weights to fp32 on purpose.)
+    if precision == "int8" and (summary["int8_weights"] == 0 or summary["int8_weights"] < before["int8_weights"] - moved
+                                or summary["float_weights"] > before["float_weights"] + moved):
         raise ExportError(
             f"{path.name}: int8 check failed: {summary['int8_weights']} int8 and {summary['float_weights']} fp32 weight "
             f"tensors feed Conv/Gemm (exported: {before['int8_weights']} and {before['float_weights']})"
