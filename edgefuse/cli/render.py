@@ -84,10 +84,10 @@ def validation_report(report, accuracy: Optional[dict] = None) -> None:
     out.print(t)
     speed = (f"int8 is {report.speedup:.2f}x faster" if report.latency_ratio < 1
              else f"int8 is {report.latency_ratio:.2f}x SLOWER than fp32")
-    line = f"latency int8/fp32 = {report.latency_ratio:.3f} ({speed})"
+    summary = f"latency int8/fp32 = {report.latency_ratio:.3f} ({speed})"
     if report.sqnr_db is not None:
-        line += f"; top-1 agreement {pct(report.agreement)}; output SQNR {report.sqnr_db:.1f} dB"
-    out.print(line, highlight=False)
+        summary += f"; top-1 agreement {pct(report.agreement)}; output SQNR {report.sqnr_db:.1f} dB"
+    line(summary)
     if report.accuracy_drop is not None:
         unit = "pp" if report.budgets.drop_type == "absolute" else "% relative"
         ci = (f" (95% CI {report.drop_ci[0]:.2f} .. {report.drop_ci[1]:.2f})" if report.drop_ci else "")
