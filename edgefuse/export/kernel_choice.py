@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgefuse.export.onnx_checks import WEIGHT_OPS, _inferred_shapes
+from edgefuse.export.onnx_checks import WEIGHT_OPS, _inferred_shapes, module_of
 from edgefuse.runtimes import OrtModel
 from edgefuse.runtimes.timing import interleaved_latency
 
@@ -38,10 +38,6 @@ PAYS = 0.75
 #: At most this many cuts are timed.
 MAX_CANDIDATES = 10
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
-
-
-def module_of(node) -> str | None:
-    return next((p.value for p in node.metadata_props if p.key == "module"), None)
 
 
 def _dequantized(dq, inits: dict) -> np.ndarray:

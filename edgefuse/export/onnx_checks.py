@@ -92,12 +92,15 @@ def _inferred_shapes(model: onnx.ModelProto) -> dict[str, list]:
     return shapes
 
 
+def module_of(node: onnx.NodeProto) -> str | None:
+    """The source module path edgefuse keeps on a node (its ``module`` metadata key), or None."""
+    return next((p.value for p in node.metadata_props if p.key == "module"), None)
+
+
 def _label_qdq(model: onnx.ModelProto) -> None:
     """Quantize/Dequantize nodes are exported outside any module: charge a QuantizeLinear to the module
     that produced its input and a DequantizeLinear to the module that reads its output."""
-    def mod(n):
-        return next((p.value for p in n.metadata_props if p.key == "module"), None)
-
+    mod = module_of
     producers = {o: n for n in model.graph.node for o in n.output}
     consumers = _consumers(model.graph)
     for n in model.graph.node:
@@ -121,14 +124,14 @@ def restore_module_metadata(source: onnx.ModelProto, rebuilt: onnx.ModelProto) -
     name, else by output tensor), which onnxsim drops when it rebuilds the graph. Returns nodes labelled."""
     by_name, by_output = {}, {}
     for n in source.graph.node:
-        mod = next((p.value for p in n.metadata_props if p.key == "module"), None)
+        mod = module_of(n)
         if mod:
             by_name[n.name] = mod
             for o in n.output:
                 by_output[o] = mod
     labelled = 0
     for n in rebuilt.graph.node:
-        if any(p.key == "module" for p in n.metadata_props):
+        if module_of(n) is not None:
             continue
         mod = by_name.get(n.name) or next((by_output[o] for o in n.output if o in by_output), None)
         if mod:

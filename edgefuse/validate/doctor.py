@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgefuse.export.onnx_checks import reduce_axes
+from edgefuse.export.onnx_checks import module_of, reduce_axes
 from edgefuse.runtimes import OrtModel
 
 INT8_OPS = {"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearSigmoid",
@@ -112,7 +112,7 @@ def _module_map(path: Path) -> dict[str, str]:
     m = onnx.load(str(path), load_external_data=False)
     out = {}
     for n in m.graph.node:
-        mod = next((p.value for p in n.metadata_props if p.key == "module"), "")
+        mod = module_of(n)
         for o in n.output:
             if mod:
                 out[o] = mod
