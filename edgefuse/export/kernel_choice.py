@@ -58,8 +58,8 @@ def fp32_region(model: onnx.ModelProto, modules) -> dict[str, int]:
     input and one) is removed. Pairs at the region's edge stay: int8 goes on from there.
 
     Returns:
-        ``{"nodes": n, "weights": w}``: the nodes now in fp32, and how many of them are Conv/Gemm/MatMul
-        whose weight was int8.
+        ``{"nodes": n, "weights": w, "quantizers": q}``: the nodes now in fp32, how many of them are
+        Conv/Gemm/MatMul whose weight was int8, and the QuantizeLinear nodes removed.
     """
     g = model.graph
     region = set(modules)
@@ -89,6 +89,7 @@ def fp32_region(model: onnx.ModelProto, modules) -> dict[str, int]:
     g.initializer.extend(added)
     # Drop the Quantize/Dequantize nodes nothing reads any more.
     nodes, outputs = list(g.node), {o.name for o in g.output}
+    quantizers = sum(n.op_type == "QuantizeLinear" for n in nodes)
     while True:
         read = {i for n in nodes for i in n.input} | outputs
         kept = [n for n in nodes if n.op_type not in _QDQ or any(o in read for o in n.output)]
@@ -97,7 +98,8 @@ def fp32_region(model: onnx.ModelProto, modules) -> dict[str, int]:
         nodes = kept
     del g.node[:]
     g.node.extend(nodes)
-    return {"nodes": len(inside), "weights": weights}
+    return {"nodes": len(inside), "weights": weights,
+            "quantizers": quantizers - sum(n.op_type == "QuantizeLinear" for n in nodes)}
 
 
 def prefix_candidates(model: onnx.ModelProto, limit: int = MAX_CANDIDATES) -> dict[str, list[str]]:
@@ -186,9 +188,13 @@ def choose_fp32_prefix(model: onnx.ModelProto, finish: Callable[[onnx.ModelProto
         if choice.candidates_ms["all int8"] < PAYS * choice.candidates_ms["fp32"]:
             return graphs["all int8"], choice, finished["all int8"]
     cuts = prefix_candidates(model)
-    for name, modules in cuts.items():
+    for name, modules in list(cuts.items()):
         m = copy.deepcopy(model)
-        moved[name] = fp32_region(m, modules)["weights"]
+        changed = fp32_region(m, modules)
+        if not (changed["weights"] or changed["quantizers"]):  # the same graph (e.g. only the fp32 stem)
+            del cuts[name]
+            continue
+        moved[name] = changed["weights"]
         finished[name] = finish(m)
         graphs[name] = m
     if len(graphs) > 1:
