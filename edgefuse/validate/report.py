@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from edgefuse.export.kernel_choice import PAYS
 from edgefuse.metrics import drop_of  # noqa: F401 -- the report's own vocabulary
 from edgefuse.validate.gate import Budgets, GateResult  # noqa: F401 -- Budgets: the report's own vocabulary
 
@@ -206,7 +207,11 @@ def latency_precision_summary(c: dict) -> str:
     ms = c.get("candidates_ms", {})
     ref = f"fp32 file {ms['fp32']:.3f} ms" if "fp32" in ms else "fp32 not timed"
     if c.get("chosen", "all int8") == "all int8":
-        why = "int8 pays, nothing else timed" if len(ms) <= 2 else f"no fp32 prefix was faster ({len(ms) - 2} timed)"
+        tried = len([k for k in ms if k not in ("fp32", "all int8")])
+        if "fp32" in ms and ms.get("all int8", float("inf")) < PAYS * ms["fp32"]:
+            why = "int8 pays, nothing else timed"
+        else:
+            why = f"no fp32 prefix was faster ({tried} timed)" if tried else "no fp32 prefix to try"
         return f"every layer int8 ({ms.get('all int8', float('nan')):.3f} ms; {ref}; {why})."
     return (f"{c['chosen']}: {len(c['fp32_modules'])} module(s), {c['fp32_weight_nodes']} conv/linear weights in fp32; "
             f"{ms[c['chosen']]:.3f} ms against {ms['all int8']:.3f} ms all int8 ({ref}), batch 1, "
