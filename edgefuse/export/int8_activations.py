@@ -28,6 +28,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgefuse.export.onnx_checks import _consumers
+
 #: PyTorch's hard-sigmoid / hard-swish slope and offset (ONNX HardSwish fixes these too).
 _HARD_SWISH = (1.0 / 6.0, 0.5)
 
@@ -42,6 +44,12 @@ def _scalar(inits: dict, name: str) -> np.ndarray | None:
         return None
     a = numpy_helper.to_array(t)
     return a if a.size == 1 else None
+
+
+def _unit_grid(dtype) -> tuple[float, int]:
+    """Scale and zero point that spread [0, 1] over every code of the 8-bit ``dtype`` (step 1/255)."""
+    info = np.iinfo(dtype)
+    return 1.0 / (int(info.max) - int(info.min)), int(info.min)
 
 
 def _silu_sigmoid(n, producer: dict, consumers: dict, inits: dict) -> bool:
@@ -78,10 +86,7 @@ def int8_hard_activations(model: onnx.ModelProto) -> dict[str, int]:
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = _consumers(g)
     added: list[onnx.TensorProto] = []
     taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
 
@@ -99,22 +104,24 @@ def int8_hard_activations(model: onnx.ModelProto) -> dict[str, int]:
 
     counts = {"hardsigmoid": 0, "hardswish": 0, "silu": 0}
     out: list[onnx.NodeProto] = []
+
+    def emit(source, op, inputs, outputs, suffix):
+        node = helper.make_node(op, inputs, outputs, name=f"{source.name or source.output[0]}_{suffix}")
+        node.metadata_props.extend(source.metadata_props)  # doctor maps nodes to modules by these
+        out.append(node)
+        return outputs[0]
+
     for n in g.node:
+        base = n.name or n.output[0]
         if n.op_type == "Sigmoid" and _silu_sigmoid(n, producer, consumers, inits):
-            zp = numpy_helper.to_array(inits[producer[n.input[0]].input[2]])
-            info = np.iinfo(zp.dtype)
-            s_o, z_o = 1.0 / (int(info.max) - int(info.min)), int(info.min)
-            base = n.name or n.output[0]
-            q_out, dq_out = fresh(base + "_q"), fresh(base + "_gate")
+            zp = _scalar(inits, producer[n.input[0]].input[2])
+            s_o, z_o = _unit_grid(zp.dtype)
             scale, zero = const(s_o, np.float32, base + "_scale"), const(z_o, zp.dtype.type, base + "_zp")
-            mul = consumers[n.output[0]][0]
-            mul.input[list(mul.input).index(n.output[0])] = dq_out
             out.append(n)
-            for op, ins, outs in (("QuantizeLinear", [n.output[0], scale, zero], [q_out]),
-                                  ("DequantizeLinear", [q_out, scale, zero], [dq_out])):
-                node = helper.make_node(op, ins, outs, name=f"{base}_{op}")
-                node.metadata_props.extend(n.metadata_props)
-                out.append(node)
+            q_out = emit(n, "QuantizeLinear", [n.output[0], scale, zero], [fresh(base + "_q")], "QuantizeLinear")
+            gate = emit(n, "DequantizeLinear", [q_out, scale, zero], [fresh(base + "_gate")], "DequantizeLinear")
+            mul = consumers[n.output[0]][0]
+            mul.input[list(mul.input).index(n.output[0])] = gate
             counts["silu"] += 1
             continue
         if n.op_type not in ("HardSigmoid", "HardSwish"):
@@ -131,22 +138,12 @@ def int8_hard_activations(model: onnx.ModelProto) -> dict[str, int]:
         if a <= 0 or b <= 0:  # the constant b/a is stored as the largest positive code
             out.append(n)
             continue
-        dtype = zp.dtype.type
-        info = np.iinfo(zp.dtype)
-        qmin, qmax = int(info.min), int(info.max)
-        base = n.name or n.output[0]
-
-        def emit(op, inputs, outputs, suffix, **attrs):
-            node = helper.make_node(op, inputs, outputs, name=f"{base}_{suffix}", **attrs)
-            node.metadata_props.extend(n.metadata_props)  # doctor maps nodes to modules by these
-            out.append(node)
-            return outputs[0]
-
+        dtype, qmax = zp.dtype.type, int(np.iinfo(zp.dtype).max)
         c = b / a
-        c_dq = emit("DequantizeLinear", [const([qmax], dtype, base + "_c_q"), const(c / qmax, np.float32, base + "_c_scale"),
-                                         const(0, dtype, base + "_c_zp")], [fresh(base + "_c")], "c_dq")
-        x_dq = emit("DequantizeLinear", list(dq.input), [fresh(base + "_x")], "x_dq")  # its own DQ: one per fused node
-        shifted = emit("Add", [x_dq, c_dq], [fresh(base + "_shifted")], "add")
+        c_dq = emit(n, "DequantizeLinear", [const([qmax], dtype, base + "_c_q"), const(c / qmax, np.float32, base + "_c_scale"),
+                                            const(0, dtype, base + "_c_zp")], [fresh(base + "_c")], "c_dq")
+        x_dq = emit(n, "DequantizeLinear", list(dq.input), [fresh(base + "_x")], "x_dq")  # its own DQ: one per fused node
+        shifted = emit(n, "Add", [x_dq, c_dq], [fresh(base + "_shifted")], "add")
         if n.op_type == "HardSigmoid":
             # The gate's own QuantizeLinear now quantizes x + b/a with s_o / a; its readers keep (s_o, z_o).
             s_o = float(numpy_helper.to_array(inits[q[0].input[1]]))
@@ -155,13 +152,13 @@ def int8_hard_activations(model: onnx.ModelProto) -> dict[str, int]:
             counts["hardsigmoid"] += 1
             continue
         # hard-swish: the hard-sigmoid on the whole [0, 1] range, then an int8 multiply with x.
-        s_o, z_o = 1.0 / (qmax - qmin), qmin
+        s_o, z_o = _unit_grid(zp.dtype)
         zo = const(z_o, dtype, base + "_gate_zp")
-        gq = emit("QuantizeLinear", [shifted, const(s_o / a, np.float32, base + "_gate_qscale"), zo],
+        gq = emit(n, "QuantizeLinear", [shifted, const(s_o / a, np.float32, base + "_gate_qscale"), zo],
                   [fresh(base + "_gate_q")], "gate_q")
-        gate = emit("DequantizeLinear", [gq, const(s_o, np.float32, base + "_gate_scale"), zo], [fresh(base + "_gate")],
-                    "gate_dq")
-        emit("Mul", [n.input[0], gate], [n.output[0]], "mul")
+        gate = emit(n, "DequantizeLinear", [gq, const(s_o, np.float32, base + "_gate_scale"), zo],
+                    [fresh(base + "_gate")], "gate_dq")
+        emit(n, "Mul", [n.input[0], gate], [n.output[0]], "mul")
         counts["hardswish"] += 1
     del g.node[:]
     g.node.extend(out)
