@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from edgefuse.blocks import ATTENTION_MODULES
 from edgefuse.blocks.gates import is_gate
-from edgefuse.data import DataSplits, ImageDataset, PreprocessContract
+from edgefuse.data import DataSplits, ImageDataset, PreprocessContract, eval_batch_size
 from edgefuse.distributed import EpochShards
 from edgefuse.errors import UsageError
 from edgefuse.progress import NullProgress, Progress
@@ -109,8 +109,12 @@ def _shift(x: torch.Tensor, pixels: int, gen: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Top-1 class of ``model`` for every ``(input, label)`` pair of ``dataset``, and the labels."""
+def predict(model: nn.Module, dataset, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-1 class of ``model`` for every ``(input, label)`` pair of ``dataset``, and the labels.
+
+    ``batch_size`` defaults to :func:`edgefuse.data.eval_batch_size` of the dataset.
+    """
+    batch_size = batch_size or eval_batch_size(dataset)
     was_training = model.training
     model.eval()
     preds, labels = [], []
@@ -124,7 +128,7 @@ def predict(model: nn.Module, dataset, batch_size: int = 256) -> tuple[np.ndarra
     return np.concatenate(preds), np.concatenate(labels)
 
 
-def evaluate(model: nn.Module, dataset, batch_size: int = 256) -> float:
+def evaluate(model: nn.Module, dataset, batch_size: int | None = None) -> float:
     """Top-1 accuracy (0..1) of ``model`` on a dataset of ``(input, label)`` pairs."""
     pred, labels = predict(model, dataset, batch_size)
     return float((pred == labels).mean()) if len(labels) else 0.0

@@ -31,6 +31,7 @@ from edgefuse.limits import check_output_dir, check_run_flags
 from edgefuse.pipeline.source import load_model_source
 from edgefuse.progress import NullProgress, Progress
 from edgefuse.quantize import QuantConfig, QuantizedModel, TensorBatches, quantize_ptq, quantize_qat
+from edgefuse.quantize.eval_twin import eval_twin
 from edgefuse.quantize.fallback import FallbackResult, fallback_within_budget
 from edgefuse.quantize.targets import measurable_here, quant_config_for, xnnpack_preset
 from edgefuse.training import predict
@@ -201,7 +202,7 @@ def _record_accuracy(accuracy: dict, key: str, program: nn.Module, test_ds) -> n
     artifact check compares the files with them instead of running the program again)."""
     if test_ds is None:
         return None
-    pred, labels = predict(program, test_ds)
+    pred, labels = predict(eval_twin(program), test_ds)
     accuracy[key] = float((pred == labels).mean()) if len(labels) else 0.0
     return pred
 

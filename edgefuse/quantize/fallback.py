@@ -19,6 +19,7 @@ from edgefuse.quantize.analysis import (
     top1,
 )
 from edgefuse.quantize.config import QuantConfig
+from edgefuse.quantize.eval_twin import eval_twin
 from edgefuse.quantize.pt2e import QuantizedModel, TensorBatches, quantize_ptq, quantize_qat
 from edgefuse.training import evaluate
 
@@ -114,7 +115,7 @@ def accuracy_fallback(
     while True:
         cfg = replace(config, exclude=tuple(config.exclude) + tuple(exclude_pattern(k) for k in kept))
         built = quantize(cfg)
-        acc = _top1(built.program, x, y)
+        acc = _top1(eval_twin(built.program), x, y)
         result.steps.append({"kept_fp32": list(kept), "top1": acc, "drop_pp": 100 * (fp32 - acc)})
         if within(100 * (fp32 - acc), budget_pp) or len(kept) >= max_modules:
             break
@@ -141,7 +142,7 @@ def fallback_within_budget(model: torch.nn.Module, quantized: QuantizedModel, ca
     """
     if len(select_data) == 0:
         return None, None
-    fp32, int8 = evaluate(model, select_data), evaluate(quantized.program, select_data)
+    fp32, int8 = evaluate(model, select_data), evaluate(eval_twin(quantized.program), select_data)
     if within(drop_of(fp32, int8, drop_type), max_drop):
         return None, None
 

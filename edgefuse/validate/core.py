@@ -9,6 +9,7 @@ import numpy as np
 
 from edgefuse._files import write_text_atomic
 from edgefuse._versions import cpu_name, versions
+from edgefuse.data import eval_batch_size
 from edgefuse.errors import DataError
 from edgefuse.metrics import agreement, sqnr_db, topk_accuracy
 from edgefuse.progress import NullProgress, Progress
@@ -20,8 +21,9 @@ from edgefuse.validate.report import Budgets, ModelResult, ValidationReport, dro
 from edgefuse.validate.stats import bootstrap_drop_ci, compare_baseline, per_class_drops
 
 
-def _stream_logits(models: list[OrtModel], dataset, batch_size: int = 64):
+def _stream_logits(models: list[OrtModel], dataset, batch_size: int | None = None):
     """Run every model over the dataset in batches (memory bounded by one batch of inputs)."""
+    batch_size = batch_size or eval_batch_size(dataset)
     outs = [[] for _ in models]
     labels = []
     n = len(dataset)

@@ -9,10 +9,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgefuse.data import eval_batch_size
 from edgefuse.export.artifacts import ExportResult
 from edgefuse.export.formats import format_names, get_format
 from edgefuse.progress import NullProgress, Progress
 from edgefuse.quantize.fallback import FallbackResult
+from edgefuse.quantize.eval_twin import eval_twin
 from edgefuse.quantize.fp32_region import fp32_region
 from edgefuse.runtimes import load_runtime
 from edgefuse.validate.core import validate_models
@@ -89,7 +91,7 @@ def validate_shipped(staged: ExportResult, programs: dict[str, nn.Module], datas
 
 
 def agreement_with_programs(staged: ExportResult, programs: dict[str, nn.Module], dataset, threads: int = 1,
-                            reports: dict[str, ValidationReport] | None = None, batch_size: int = 64,
+                            reports: dict[str, ValidationReport] | None = None, batch_size: int | None = None,
                             program_predictions: dict | None = None) -> dict[str, float]:
     """Top-1 agreement of every runnable file of ``staged`` with the PyTorch program it was exported from.
 
@@ -116,11 +118,13 @@ def agreement_with_programs(staged: ExportResult, programs: dict[str, nn.Module]
         if r is not None and r.predictions is not None and Path(getattr(r, a.precision).file).name == a.file:
             known[a.file] = r.predictions[a.precision]
     given = {(k, ()): p for k, p in (program_predictions or {}).items() if p is not None and len(p) == len(dataset)}
-    refs = {k: programs[k[0]] if not k[1] else fp32_region(programs[k[0]], k[1]) for k in set(key.values()) - set(given)}
+    refs = {k: eval_twin(programs[k[0]] if not k[1] else fp32_region(programs[k[0]], k[1]))
+            for k in set(key.values()) - set(given)}
     runtimes = {a.file: load_runtime(staged.out_dir / a.file, threads) for a in files if a.file not in known}
     ref_top1 = {k: [] for k in refs}
     got_top1 = {f: [] for f in runtimes}
     n = len(dataset) if refs or runtimes else 0  # nothing left to run: every figure was known
+    batch_size = batch_size or eval_batch_size(dataset)
     for start in range(0, n, batch_size):
         x = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, n))])
         with torch.no_grad():
