@@ -23,8 +23,9 @@ Force = Annotated[bool, typer.Option("--force", help="Replace what --out already
 Seed = Annotated[int, typer.Option(help="Seed of the data split (and of training, where there is any).")]
 Threads = Annotated[int, typer.Option(help="onnxruntime / ExecuTorch intra-op threads for the latency measurement.")]
 Runs = Annotated[int, typer.Option(help="Timed runs per model (interleaved, after 10 warm-up runs).")]
-Data = Annotated[str, typer.Option(help="Labelled data: 'digits' (bundled), an image folder (one sub-folder per "
-                                        "class) or an .npz (x, y).")]
+Data = Annotated[str, typer.Option(help="Labelled data: 'digits' (bundled smoke-test data), 'fashion-mnist' (apt-get "
+                                        "install dataset-fashion-mnist), a folder of IDX files, an image folder (one "
+                                        "sub-folder per class) or an .npz (x, y).")]
 ZooModel = Annotated[str, typer.Option(help="Zoo model: see `edgefuse list`.")]
 Epochs = Annotated[int, typer.Option(min=1, help="Training epochs.")]
 Width = Annotated[float, typer.Option(help="Channel multiplier of the model.")]

@@ -1,6 +1,15 @@
 """Data: labelled image sources, seeded splits and the preprocessing contract."""
 
 from edgefuse.data.contract import PreprocessContract
-from edgefuse.data.datasets import DataSplits, ImageDataset, RawImages, check_same_classes, load_data, norm_stats
+from edgefuse.data.datasets import (
+    DataSplits,
+    ImageDataset,
+    RawImages,
+    check_same_classes,
+    eval_batch_size,
+    load_data,
+    norm_stats,
+)
 
-__all__ = ["PreprocessContract", "DataSplits", "ImageDataset", "RawImages", "check_same_classes", "load_data", "norm_stats"]
+__all__ = ["PreprocessContract", "DataSplits", "ImageDataset", "RawImages", "check_same_classes", "eval_batch_size",
+           "load_data", "norm_stats"]

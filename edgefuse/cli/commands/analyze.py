@@ -14,7 +14,8 @@ from edgefuse.cli.options import (CalibSamples, Force, ModelFile, Output, Seed, 
 def analyze(
     model: ModelFile,
     data: Annotated[str, typer.Option(
-        help="Labelled data: digits, an image folder or an .npz (calibration uses its train split).")] = "digits",
+        help="Labelled data: digits, fashion-mnist, an IDX or image folder or an .npz (calibration uses "
+             "its train split).")] = "digits",
     split: Annotated[str, typer.Option(help="Split to analyse: val (default; test is the gate's), train or test.")] = (
         "val"),
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for analysis.json and analysis.html.")] = Path(

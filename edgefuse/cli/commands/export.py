@@ -24,7 +24,8 @@ def export(
         "build"),
     int8: Annotated[bool, typer.Option("--int8", help="Also build an int8 model (PTQ, or QAT with --qat).")] = False,
     calib: Annotated[str, typer.Option(
-        help="Calibration (and QAT training) data: digits, an image folder or an .npz; its train split is used, "
+        help="Calibration (and QAT training) data: digits, fashion-mnist, an IDX or image folder or an .npz; "
+             "its train split is used, "
              "preprocessed exactly as for evaluation.")] = "digits",
     data: Annotated[Optional[str], typer.Option(help="Labelled evaluation data (test split); default: --calib.")] = None,
     calib_samples: CalibSamples = 300,

@@ -16,7 +16,8 @@ def validate(
     fp32: Annotated[Path, typer.Option(help="fp32 model: .onnx or .ort (onnxruntime) or .pte (ExecuTorch).")],
     int8: Annotated[Path, typer.Option(help="int8 model of the same kind as --fp32.")],
     data: Annotated[Optional[str], typer.Option(
-        help="Labelled data: digits, image folder or .npz (omit: latency, size and SQNR on noise only).")] = None,
+        help="Labelled data: digits, fashion-mnist, IDX or image folder, .npz (omit: latency, size and "
+             "SQNR on noise only).")] = None,
     split: Annotated[str, typer.Option(help="Split to evaluate on: train, val or test.")] = "test",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for report.json and report.md.")] = None,
     gate: Gate = None,
