@@ -5,13 +5,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.edgefuse-installed
 DEMO   := demo-out
 
-.PHONY: venv demo test test-fast test-thirdparty lint clean
+.PHONY: venv demo test test-fast test-thirdparty check-install lint clean
 
-$(STAMP): pyproject.toml
+# pyproject.toml states ranges; constraints.txt is the exact set tested, so every venv made here is that set.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU build on this machine's disk, never a multi-GB CUDA build.
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,executorch,thirdparty]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 -c constraints.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,executorch,thirdparty]' -c constraints.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -31,6 +32,11 @@ test-thirdparty: $(STAMP)
 # The inner loop: everything not marked slow (see tests/conftest.py), under two minutes on two cores.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 -m "not slow" --durations=5
+
+# Installing edgefuse into an environment that already holds a user's stack (torch CPU, torchvision, timm)
+# keeps their versions and gives a working `edgefuse --help` (.ci/run runs it as a timed step).
+check-install:
+	bash .ci/check-install
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgefuse tests benchmarks examples
