@@ -146,10 +146,18 @@ GATE_HEALTH = (f"saturated (>= {SATURATED_SHARE:.0%} of outputs within {NEAR_END
                f"or collapsed (std < {COLLAPSED_STD})")
 
 
+def _zoom_histogram(v: torch.Tensor, bins: int = 30) -> dict:
+    lo, hi = float(v.min()), float(v.max())
+    if hi - lo < 1e-6:  # a constant gate: one visible bar, centred
+        lo, hi = lo - 5e-4, hi + 5e-4
+    return {"min": round(lo, 6), "max": round(hi, 6), "counts": [int(c) for c in torch.histc(v, bins, lo, hi)]}
+
+
 class GateMonitor:
     """Records the outputs of every attention gate in a model while attached (an edgefuse ``Gate``, or
     a user network's ``nn.Sigmoid``/``nn.Hardsigmoid`` gate module, see :func:`edgefuse.blocks.gates.is_gate`):
-    mean, std, a 10-bin histogram over [0, 1] and the saturated share, as SE and CBAM papers inspect them."""
+    mean, std, a 10-bin histogram over [0, 1], the saturated share (as SE and CBAM papers inspect them) and a
+    30-bin histogram over the outputs' own range (``zoom``: a gate with std 0.006 is two bars over [0, 1])."""
 
     def __init__(self, model: nn.Module, max_values: int = 200_000) -> None:
         self.gates = {n: m for n, m in model.named_modules() if is_gate(m)}
@@ -185,6 +193,7 @@ class GateMonitor:
                 "std": round(float(v.std()), 5) if v.numel() > 1 else 0.0,
                 "hist": [int(c) for c in hist],
                 "saturated": round(float(((v < NEAR_END) | (v > 1 - NEAR_END)).float().mean()), 5),
+                "zoom": _zoom_histogram(v),
             }
         return out
 

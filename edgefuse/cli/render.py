@@ -62,7 +62,7 @@ def export_result(res) -> None:
         line(f"note: {n}")
     if res.report:
         validation_report(res.report, res.accuracy)
-        line(f"report: {res.export.out_dir / 'report.md'}")
+        line(f"report: {res.export.out_dir / 'report.md'} (and report.html)")
 
 
 def validation_report(report, accuracy: Optional[dict] = None) -> None:

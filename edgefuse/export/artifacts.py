@@ -319,7 +319,7 @@ def _remove_if_created_and_empty(out: Path, created: bool) -> None:
 
 
 #: Files a published folder may hold beside the manifest's artifacts (the gate's reports).
-REPORT_FILES = ("report.json", "report.md")
+REPORT_FILES = ("report.json", "report.md", "report.html")
 
 
 def discard_staged(staged: ExportResult) -> None:

@@ -32,10 +32,10 @@ from edgefuse.pipeline.source import load_model_source
 from edgefuse.progress import NullProgress, Progress
 from edgefuse.quantize import QuantConfig, QuantizedModel, TensorBatches, quantize_ptq, quantize_qat
 from edgefuse.quantize.eval_twin import eval_twin
+from edgefuse.reports.validation import write_reports
 from edgefuse.quantize.fallback import FallbackResult, fallback_within_budget
 from edgefuse.quantize.targets import measurable_here, quant_config_for, xnnpack_preset
 from edgefuse.training import predict
-from edgefuse.validate.core import write_report
 from edgefuse.validate.latency import fallback_latency
 from edgefuse.validate.report import Budgets, ValidationReport
 from edgefuse.validate.shipped import validate_shipped
@@ -258,7 +258,7 @@ def gate_staged(req: ExportRequest, staged: ExportResult, inputs: Inputs, progs:
     report.extra["accuracy_pytorch"] = accuracy
     if progs.fallback is not None:
         report.extra["fp32_fallback"] = progs.fallback.to_dict()
-    write_report(report, staged.out_dir)
+    write_reports(report, staged.out_dir)
     return report
 
 

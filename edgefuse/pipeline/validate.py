@@ -9,7 +9,8 @@ from edgefuse.limits import check_output_dir, check_run_flags
 from edgefuse.pipeline.source import contract_from_flags
 from edgefuse.progress import NullProgress, Progress
 from edgefuse.runtimes import load_runtime
-from edgefuse.validate import Budgets, ValidationReport, validate_models, write_report
+from edgefuse.reports.validation import write_reports
+from edgefuse.validate import Budgets, ValidationReport, validate_models
 
 
 def validate_files(
@@ -49,5 +50,5 @@ def validate_files(
                              data_info={"source": data, "split": split}, progress=progress,
                              baseline=baseline)
     if out_dir:
-        write_report(report, out_dir)
+        write_reports(report, out_dir)
     return report

@@ -24,6 +24,7 @@ def _frame(title: str, xlabel: str, ylabel: str, body: list[str], ylo: float, yh
     ticks = []
     for i in range(5):
         v = ylo + (yhi - ylo) * i / 4
+        v = 0.0 if abs(v) < 1e-9 * max(abs(ylo), abs(yhi), 1e-30) else v  # 3.55e-15 is zero
         ticks.append(f'<line x1="{_PAD_L}" x2="{_W - _PAD_R}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#eee"/>'
                      f'<text x="{_PAD_L - 6}" y="{y(v) + 4:.1f}" font-size="10" text-anchor="end">{v:.3g}</text>')
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{height}" font-family="sans-serif">'
@@ -81,6 +82,45 @@ def histogram(counts: list[int], lo: float, hi: float, *, title: str, marks: tup
     return _frame(title, xlabel + (" (red: int8 range)" if marks else ""), "count", body, 0, top)
 
 
+def overlaid_histograms(samples: dict[str, list[float]], *, title: str, xlabel: str, bins: int = 30) -> str:
+    """Histograms of several samples over one shared, data-zoomed range (translucent bars, a legend and each
+    sample's median as a dashed line)."""
+    vals = [v for s in samples.values() for v in s if math.isfinite(v)]
+    if not vals:
+        return ""
+    lo, hi = min(vals), max(vals)
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    width = (hi - lo) / bins
+    counts = {}
+    for name, s in samples.items():
+        c = [0] * bins
+        for v in s:
+            if math.isfinite(v):
+                c[min(int((v - lo) / width), bins - 1)] += 1
+        counts[name] = c
+    top = max(max(c) for c in counts.values()) or 1
+    x = _scale(lo, hi, _PAD_L, _W - _PAD_R - 150)
+    y = _scale(0, top, _H - _PAD_B, _PAD_T)
+    body = []
+    for i, (name, c) in enumerate(counts.items()):
+        col = _COLOURS[i % len(_COLOURS)]
+        for b, n in enumerate(c):
+            if n:
+                x0, x1 = x(lo + b * width), x(lo + (b + 1) * width)
+                body.append(f'<rect x="{x0:.1f}" y="{y(n):.1f}" width="{max(x1 - x0 - 0.5, 0.5):.1f}" '
+                            f'height="{y(0) - y(n):.1f}" fill="{col}" fill-opacity="0.55"/>')
+        s = sorted(v for v in samples[name] if math.isfinite(v))
+        med = s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
+        body.append(f'<line x1="{x(med):.1f}" x2="{x(med):.1f}" y1="{_PAD_T}" y2="{_H - _PAD_B}" stroke="{col}" '
+                    f'stroke-dasharray="4 3"><title>{_esc(name)} median {med:.4g}</title></line>')
+        body.append(f'<text x="{_W - _PAD_R - 140}" y="{_PAD_T + 12 * i + 8}" font-size="10" fill="{col}">'
+                    f'{_esc(name[-22:])} (median {med:.3g})</text>')
+    for v in (lo, hi):
+        body.append(f'<text x="{x(v):.1f}" y="{_H - _PAD_B + 14}" font-size="10" text-anchor="middle">{v:.3g}</text>')
+    return _frame(title, xlabel, "runs", body, 0, top)
+
+
 def line_chart(series: dict[str, list[tuple[float, float]]], *, title: str, xlabel: str, ylabel: str,
                ylim: tuple[float, float] | None = None) -> str:
     """One polyline per series of (x, y) points, with a legend."""
@@ -132,17 +172,24 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 
 def page(title: str, sections: list[tuple[str, str]]) -> str:
-    """A whole HTML document: ``sections`` are (heading, inner HTML) pairs."""
+    """A whole HTML document: ``sections`` are (heading, inner HTML) pairs; each section is a
+    ``<section id=...>`` named after its heading (``Gate verdict`` -> ``gate-verdict``)."""
     css = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}"
            "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
            "th{background:#f4f4f4}td:first-child{text-align:left}.flag{color:#b00;font-weight:bold}"
+           ".pass{color:#080;font-weight:bold;font-size:20px}.fail{color:#b00;font-weight:bold;font-size:20px}"
            "svg{margin:6px 0;display:block}")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_esc(title)}</title><style>{css}</style>"
              f"</head><body><h1>{_esc(title)}</h1>"]
     for heading, inner in sections:
-        parts.append(f"<h2>{_esc(heading)}</h2>{inner}")
+        anchor = "-".join("".join(ch if ch.isalnum() else " " for ch in heading.lower()).split())
+        parts.append(f"<section id='{anchor}'><h2>{_esc(heading)}</h2>{inner}</section>")
     parts.append("</body></html>\n")
     return "".join(parts)
+
+
+def preformatted(text: str) -> str:
+    return f"<pre>{_esc(text)}</pre>"
 
 
 def paragraph(text: str, cls: str | None = None) -> str:

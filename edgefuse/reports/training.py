@@ -38,8 +38,11 @@ def gate_plots(history: list[dict], calibration: dict[str, dict] | None = None) 
                                       ylabel=key, ylim=(0.0, 1.0) if key != "std" else None))
     stats = calibration or (history[-1].get("gates", {}) if history else {})
     for name, s in stats.items():
-        parts.append(H.histogram(s["hist"], 0.0, 1.0, title=f"{name}: gate outputs "
-                                 + ("at calibration" if calibration else "after the last epoch"), xlabel="gate value"))
+        z = s.get("zoom")  # over the outputs' own range (logs before it have only the [0, 1] bins)
+        counts, lo, hi = (z["counts"], z["min"], z["max"]) if z else (s["hist"], 0.0, 1.0)
+        parts.append(H.histogram(counts, lo, hi, title=f"{name}: gate outputs "
+                                 + ("at calibration" if calibration else "after the last epoch")
+                                 + f" (mean {s['mean']:.3g}, std {s['std']:.3g})", xlabel="gate value"))
     return "".join(parts)
 
 

@@ -19,7 +19,7 @@ def validate(
         help="Labelled data: digits, fashion-mnist, IDX or image folder, .npz (omit: latency, size and "
              "SQNR on noise only).")] = None,
     split: Annotated[str, typer.Option(help="Split to evaluate on: train, val or test.")] = "test",
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for report.json and report.md.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for report.json, report.md and report.html.")] = None,
     gate: Gate = None,
     threads: Threads = 1,
     runs: Runs = 100,
