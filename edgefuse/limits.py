@@ -27,7 +27,7 @@ def max_input_size() -> int:
 
 
 def check_run_flags(*, threads: int | None = None, runs: int | None = None, batch: int | None = None,
-                    input_size: int | None = None) -> None:
+                    input_size: int | tuple[int, int] | None = None) -> None:
     """Refuse impossible flags before any work (one-line :class:`UsageError`, exit 2)."""
 
     if threads is not None:
@@ -38,8 +38,10 @@ def check_run_flags(*, threads: int | None = None, runs: int | None = None, batc
         raise _usage(f"--runs must be between 1 and {MAX_RUNS}, got {runs}")
     if batch is not None and not 1 <= batch <= MAX_BATCH:
         raise _usage(f"--batch must be between 1 and {MAX_BATCH}, got {batch}")
-    if input_size is not None and not 1 <= input_size <= max_input_size():
-        raise _usage(f"--input-size must be between 1 and {max_input_size()} pixels, got {input_size} "
+    sides = input_size if isinstance(input_size, (tuple, list)) else (input_size,)
+    if input_size is not None and not all(1 <= side <= max_input_size() for side in sides):
+        shown = "x".join(map(str, sides))
+        raise _usage(f"--input-size must be between 1 and {max_input_size()} pixels per side, got {shown} "
                      "(set EDGEFUSE_MAX_INPUT_SIZE to allow more)")
 
 

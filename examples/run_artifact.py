@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -36,6 +37,35 @@ def load_contract(model: Path) -> dict:
     return json.loads(session.get_modelmeta().custom_metadata_map["edgefuse.contract"])
 
 
+def fit(img: Image.Image, c: dict) -> Image.Image:
+    """Bring the image to the contract's height x width by its resize mode (contract v2; a v1 contract's
+    "resize" named the filter and always stretched)."""
+    size = c["input_size"]
+    h, w = (size, size) if isinstance(size, int) else size
+    mode, interp = ("stretch", c["resize"]) if c.get("version", 1) == 1 else (c["resize"], c["interpolation"])
+    filt = RESAMPLE[interp]
+    w0, h0 = img.size
+    if mode == "stretch":
+        return img if (w0, h0) == (w, h) else img.resize((w, h), filt)
+    if mode == "letterbox":  # fit inside, centre on pad_value
+        r = min(h / h0, w / w0)
+        nw, nh = max(1, min(w, round(w0 * r))), max(1, min(h, round(h0 * r)))
+        canvas = Image.new(img.mode, (w, h), c["pad_value"] if img.mode == "L" else (c["pad_value"],) * 3)
+        canvas.paste(img if (nw, nh) == (w0, h0) else img.resize((nw, nh), filt), ((w - nw) // 2, (h - nh) // 2))
+        return canvas
+    sh, sw = math.floor(h / c["crop_pct"]), math.floor(w / c["crop_pct"])  # shorter-side + centre crop
+    if sh == sw:  # torchvision's Resize(int)
+        short, long = (w0, h0) if w0 <= h0 else (h0, w0)
+        nw, nh = (sh, int(sh * long / short)) if w0 <= h0 else (int(sh * long / short), sh)
+    else:  # timm's ResizeKeepRatio
+        ratio = min(h0 / sh, w0 / sw)
+        nw, nh = round(w0 / ratio), round(h0 / ratio)
+    if (nw, nh) != (w0, h0):
+        img = img.resize((nw, nh), filt)
+    top, left = int(round((nh - h) / 2.0)), int(round((nw - w) / 2.0))
+    return img.crop((left, top, left + w, top + h))
+
+
 def preprocess(image_path: Path, c: dict) -> np.ndarray:
     """Image file -> float32 NCHW batch of one, exactly as the contract says."""
     img = Image.open(image_path)
@@ -43,7 +73,7 @@ def preprocess(image_path: Path, c: dict) -> np.ndarray:
         rgba = img.convert("RGBA")  # alpha is composited over black
         img = Image.new("RGB", rgba.size)
         img.paste(rgba, mask=rgba.split()[-1])
-    img = img.convert(c["color"]).resize((c["input_size"], c["input_size"]), RESAMPLE[c["resize"]])
+    img = fit(img.convert(c["color"]), c)
     x = np.asarray(img, dtype=np.float32) * np.float32(c["scale"])
     if x.ndim == 2:
         x = x[:, :, None]

@@ -97,10 +97,17 @@ def _rgb48(path: Path) -> Path:
     return path
 
 
+SHAPES = [dict(input_size=24), dict(input_size=(48, 192), resize="shorter-side", crop_pct=0.875),
+          dict(input_size=224, resize="shorter-side", crop_pct=0.875), dict(input_size=(30, 40), resize="letterbox",
+                                                                               pad_value=114)]
+
+
 @pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("resize", ["nearest", "bilinear", "bicubic"])
-def test_native_preprocessing_is_the_contract_bit_for_bit(runner, pte, tmp_path, channels, resize):
-    contract = PreprocessContract(24, channels, [0.3] * channels, [0.27] * channels, resize=resize)
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear", "bicubic"])
+@pytest.mark.parametrize("shape", range(len(SHAPES)))
+def test_native_preprocessing_is_the_contract_bit_for_bit(runner, pte, tmp_path, channels, interpolation, shape):
+    contract = PreprocessContract(channels=channels, mean=[0.3] * channels, std=[0.27] * channels,
+                                  interpolation=interpolation, **SHAPES[shape])
     model = tmp_path / "m.pte"  # the runner reads model.pte.json; --preprocess-only never opens the program
     model.write_bytes(b"")
     side = json.loads(Path(str(pte) + ".json").read_text())
@@ -109,6 +116,11 @@ def test_native_preprocessing_is_the_contract_bit_for_bit(runner, pte, tmp_path,
     images = _images(tmp_path / "img") + [_rgb48(tmp_path / "img" / "rgb48.png")]
     rows = _run(runner, model, images, "--preprocess-only")
     assert [Path(r["image"]).name for r in rows] == [p.name for p in images]
+    # a v1 sidecar (as older exports wrote it) means a stretch with its "resize" as the filter
+    if shape == 0:
+        v1 = {**side["contract"], "version": 1, "resize": interpolation}
+        Path(str(model) + ".json").write_text(json.dumps({**side, "contract": v1}))
+        assert _run(runner, model, images, "--preprocess-only") == rows
     for path, row in zip(images, rows):
         with Image.open(path) as img:
             want = contract.preprocess(img)

@@ -156,16 +156,38 @@ def gate_options(
     return Gate(budgets, None if baseline is None else load_baseline(baseline))
 
 
+def input_size_of(text: Optional[str]):
+    """``"224"`` -> 224, ``"48x192"`` -> (48, 192) (height x width); ``None`` stays ``None``."""
+    if text is None:
+        return None
+    from edgefuse.errors import UsageError
+
+    parts = text.lower().replace("×", "x").split("x")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() for p in parts):
+        raise UsageError(f"--input-size takes a side (224) or HEIGHTxWIDTH (48x192), got {text!r}")
+    sides = [int(p) for p in parts]
+    return sides[0] if len(sides) == 1 or sides[0] == sides[1] else (sides[0], sides[1])
+
+
 def contract_options(
-    input_size: Annotated[Optional[int], typer.Option(
-        help="Input side in pixels: defines the contract of a model without one (.pt2, --factory, foreign ONNX), "
-             "or overrides it.")] = None,
+    input_size: Annotated[Optional[str], typer.Option(
+        help="Input size in pixels, 224 or HEIGHTxWIDTH (48x192): defines the contract of a model without one "
+             "(.pt2, --factory, foreign ONNX), or overrides it.")] = None,
     channels: Annotated[Optional[int], typer.Option(help="Input channels (1 grey or 3 RGB), as --input-size.")] = None,
     mean: Annotated[Optional[str], typer.Option(
         help="Per-channel mean after scaling to [0, 1], comma-separated, as --input-size.")] = None,
     std: Annotated[Optional[str], typer.Option(help="Per-channel std, comma-separated, as --input-size.")] = None,
+    resize: Annotated[Optional[str], typer.Option(
+        help="How images reach the input size: stretch (default), shorter-side (keep the aspect ratio, cover, "
+             "centre-crop: torchvision/timm evaluation) or letterbox (fit inside, pad).")] = None,
+    crop_pct: Annotated[Optional[float], typer.Option(
+        help="shorter-side only: share of the resized image kept by the centre crop (timm's crop_pct, e.g. "
+             "0.875 = Resize(256) + CenterCrop(224)).")] = None,
+    interpolation: Annotated[Optional[str], typer.Option(
+        help="Pillow filter for resizing: nearest, bilinear (default) or bicubic.")] = None,
 ) -> dict:
-    return {"input_size": input_size, "channels": channels, "mean": csv_floats(mean), "std": csv_floats(std)}
+    return {"input_size": input_size_of(input_size), "channels": channels, "mean": csv_floats(mean),
+            "std": csv_floats(std), "resize": resize, "crop_pct": crop_pct, "interpolation": interpolation}
 
 
 def source_options(

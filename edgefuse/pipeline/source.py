@@ -23,15 +23,21 @@ from edgefuse.pt2_audit import audit_pt2
 from edgefuse.quantize.pt2e import allow_train_eval
 
 
-def contract_from_flags(base, input_size, channels, mean, std, class_names):
-    """The contract for a model from ``--input-size/--channels/--mean/--std`` over ``base`` (or none)."""
+def contract_from_flags(base, input_size=None, channels=None, mean=None, std=None, class_names=None, *,
+                        resize=None, crop_pct=None, interpolation=None):
+    """The contract for a model from ``--input-size/--channels/--mean/--std/--resize/--crop-pct/
+    --interpolation`` over ``base`` (or none). ``input_size`` is a side or ``(height, width)``."""
     if base is None and (input_size is None or channels is None):
         raise UsageError("this model carries no preprocessing contract: pass --input-size and --channels "
                          "(and --mean/--std if it was trained with normalisation)")
     d = base.to_dict() if base is not None else {"input_size": input_size, "channels": channels,
-                                                  "mean": [0.0] * channels, "std": [1.0] * channels}
+                                                  "mean": [0.0] * channels, "std": [1.0] * channels,
+                                                  "version": 2}
     if input_size is not None:
-        d["input_size"] = input_size
+        d["input_size"] = list(input_size) if isinstance(input_size, (tuple, list)) else input_size
+    for key, v in (("resize", resize), ("crop_pct", crop_pct), ("interpolation", interpolation)):
+        if v is not None:
+            d[key] = v
     if channels is not None:
         d["channels"] = channels
         if mean is None and base is not None and len(base.mean) != channels:
@@ -43,6 +49,30 @@ def contract_from_flags(base, input_size, channels, mean, std, class_names):
     if class_names:
         d["class_names"] = list(class_names)
     return PreprocessContract.from_dict(d)
+
+
+#: timm's pretrained_cfg interpolation names -> Pillow's (timm evaluates with PIL's filters).
+_TIMM_INTERPOLATION = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest", "random": "bilinear"}
+
+
+def timm_contract_flags(model: nn.Module) -> dict:
+    """Contract flags from a timm model's ``pretrained_cfg`` (input size, mean, std, crop_pct,
+    interpolation: how timm evaluates it, shorter side + centre crop); {} for any other model."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if not isinstance(cfg, dict) or "input_size" not in cfg:
+        return {}
+    try:
+        c, h, w = (int(v) for v in cfg["input_size"])
+        flags = {"input_size": h if h == w else (h, w), "channels": c, "resize": "shorter-side",
+                 "crop_pct": float(cfg.get("crop_pct") or 1.0),
+                 "interpolation": _TIMM_INTERPOLATION.get(str(cfg.get("interpolation", "bilinear")), "bilinear")}
+        if cfg.get("mean") is not None:
+            flags["mean"] = [float(v) for v in cfg["mean"]]
+        if cfg.get("std") is not None:
+            flags["std"] = [float(v) for v in cfg["std"]]
+    except (TypeError, ValueError):
+        return {}
+    return flags
 
 
 def _check_pt2_batch_range(path: Path, program, batch) -> None:
@@ -105,6 +135,9 @@ def load_model_source(
     mean: list[float] | None = None,
     std: list[float] | None = None,
     trust_pickle: bool = False,
+    resize: str | None = None,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
 ):
     """Load a model to quantize/export: an edgefuse ``model.pt``, a ``torch.export`` archive (``.pt2``),
     or ``factory="package.module:function"`` called with no arguments plus ``source`` as its
@@ -114,12 +147,22 @@ def load_model_source(
     the user named, and ``trust_pickle=True``, which unpickles a whole ``nn.Module`` or a ``.pt2`` whose
     pickled members are not weights-only (pickles can run arbitrary code while loading; without the flag
     such files are refused before anything runs, see :mod:`edgefuse.pt2_audit`).
+
+    A factory's timm model (one with a ``pretrained_cfg``) brings its own contract -- timm's evaluation
+    preprocessing -- which the flags override one by one.
     """
     path = check_input_file(source)
     info = {"source": str(path)}
+    shape = {"resize": resize, "crop_pct": crop_pct, "interpolation": interpolation}
     if factory:
-        # The contract flags are checked before any of the user's code runs.
-        contract = contract_from_flags(None, input_size, channels, mean, std, None)
+        # The contract flags are checked before any of the user's code runs (all of them when they are
+        # complete; a timm model may fill the missing ones from its pretrained_cfg).
+        contract = None
+        if input_size is not None and channels is not None:
+            contract = contract_from_flags(None, input_size, channels, mean, std, None, **shape)
+        else:  # the values given are checked now; a timm model may bring the rest (else: refused after it)
+            ch = channels or len(mean or std or [0])
+            contract_from_flags(None, input_size or 1, ch, mean, std, None, **shape)
         fn = _import_factory(factory)
         try:
             model = fn()
@@ -127,6 +170,16 @@ def load_model_source(
             raise UsageError(f"--factory {factory}() raised {type(e).__name__}: {_short(e)}") from None
         if not isinstance(model, torch.nn.Module):
             raise UsageError(f"--factory {factory}() returned a {type(model).__name__}, not an nn.Module")
+        timm_flags = timm_contract_flags(model)
+        if timm_flags:
+            given = {"input_size": input_size, "channels": channels, "mean": mean, "std": std, **shape}
+            merged = {**timm_flags, **{k: v for k, v in given.items() if v is not None}}
+            contract = contract_from_flags(None, merged.pop("input_size"), merged.pop("channels"),
+                                           merged.pop("mean", None), merged.pop("std", None), None, **merged)
+            info["contract_from"] = "timm pretrained_cfg" + (" (flags override)" if any(
+                v is not None for v in given.values()) else "")
+        elif contract is None:
+            contract_from_flags(None, input_size, channels, mean, std, None, **shape)  # raises: what is missing
 
         check_zip_size(path)  # before torch inflates a member
         try:
@@ -142,7 +195,7 @@ def load_model_source(
         info["factory"] = factory
         return model.eval(), contract, info
     if path.suffix == ".pt2":
-        contract = contract_from_flags(None, input_size, channels, mean, std, None)
+        contract = contract_from_flags(None, input_size, channels, mean, std, None, **shape)
 
         audit_pt2(path, trust_pickle=trust_pickle)  # before torch unpickles anything in it
         try:
@@ -168,7 +221,7 @@ def load_model_source(
     if trust_pickle and not _loads_weights_only(path):
 
         # A pickle needs --input-size/--channels: say so before the user's pickle runs.
-        contract = contract_from_flags(None, input_size, channels, mean, std, None)
+        contract = contract_from_flags(None, input_size, channels, mean, std, None, **shape)
         try:
             # The user vouched for this file: a full pickle may run code while it loads.
             obj = torch.load(path, map_location="cpu", weights_only=False)
@@ -182,14 +235,15 @@ def load_model_source(
     loaded = load_checkpoint(path)
     info.update({"format": "edgefuse.checkpoint", "model": loaded.spec, "metrics": loaded.metrics})
     contract = loaded.contract
-    if any(v is not None for v in (input_size, channels, mean, std)):
-        wanted = contract_from_flags(contract, input_size, channels, mean, std, None)
+    if any(v is not None for v in (input_size, channels, mean, std, *shape.values())):
+        wanted = contract_from_flags(contract, input_size, channels, mean, std, None, **shape)
         if wanted != contract:
             # Calibrating or evaluating with other preprocessing than training's is the classic silent
             # int8 bug; the checkpoint's contract is authoritative.
             raise UsageError(
-                f"{path} carries its preprocessing contract ({contract.input_size}x{contract.input_size}, "
-                f"{contract.channels} channel(s), mean {list(contract.mean)}, std {list(contract.std)}); "
-                "--input-size/--channels/--mean/--std may not change it (they describe .pt2 and --factory models)"
+                f"{path} carries its preprocessing contract ({contract.height}x{contract.width}, "
+                f"{contract.channels} channel(s), {contract.resize} {contract.interpolation}, mean "
+                f"{list(contract.mean)}, std {list(contract.std)}); the contract flags may not change it (they "
+                "describe .pt2 and --factory models)"
             )
     return loaded.model, contract, info

@@ -38,7 +38,8 @@ def validate_files(
     flags = {k: v for k, v in (contract_flags or {}).items() if v is not None}
     if base is None or flags:
         contract = contract_from_flags(base, flags.get("input_size"), flags.get("channels"),
-                                       flags.get("mean"), flags.get("std"), None)
+                                       flags.get("mean"), flags.get("std"), None, resize=flags.get("resize"),
+                                       crop_pct=flags.get("crop_pct"), interpolation=flags.get("interpolation"))
     else:
         contract = base
     dataset = None

@@ -43,12 +43,21 @@ edgefuse::Contract read_contract(const std::string& model) {
   if (side.value("schema", "") != "edgefuse.sidecar") fail(model + ".json is not an edgefuse sidecar");
   const auto& c = side.at("contract");
   edgefuse::Contract out;
-  out.input_size = c.at("input_size").get<int>();
+  const auto& size = c.at("input_size");  // a side, or [height, width] (contract v2)
+  out.height = size.is_array() ? size.at(0).get<int>() : size.get<int>();
+  out.width = size.is_array() ? size.at(1).get<int>() : size.get<int>();
   out.channels = c.at("channels").get<int>();
   for (double v : c.at("mean")) out.mean.push_back(float(v));
   for (double v : c.at("std")) out.std.push_back(float(v));
   out.scale = float(c.at("scale").get<double>());
-  out.resize = c.value("resize", "bilinear");
+  if (c.value("version", 1) == 1) {  // v1: "resize" named the interpolation, and every image was stretched
+    out.interpolation = c.value("resize", "bilinear");
+  } else {
+    out.resize = c.value("resize", "stretch");
+    out.interpolation = c.value("interpolation", "bilinear");
+    out.crop_pct = c.value("crop_pct", 1.0);
+    out.pad_value = c.value("pad_value", 0);
+  }
   if (c.value("layout", "NCHW") != "NCHW") fail("only NCHW contracts are supported");
   for (const auto& n : c.value("class_names", nlohmann::json::array())) out.class_names.push_back(n.get<std::string>());
   if ((out.channels != 1 && out.channels != 3) || int(out.mean.size()) != out.channels || int(out.std.size()) != out.channels)
@@ -77,7 +86,7 @@ int main(int argc, char** argv) {
   Module module(model, Module::LoadMode::MmapUseMlock);
   if (!only_preprocess && module.load_method("forward") != Error::Ok)
     fail("ExecuTorch cannot load the forward method of " + model);
-  const int s = contract.input_size;
+
   for (const auto& path : images) {
     std::vector<float> x;
     try {
@@ -89,7 +98,7 @@ int main(int argc, char** argv) {
       std::cout << nlohmann::json{{"image", path}, {"input", x}}.dump() << "\n";
       continue;
     }
-    auto tensor = from_blob(x.data(), {1, contract.channels, s, s});
+    auto tensor = from_blob(x.data(), {1, contract.channels, contract.height, contract.width});
     auto result = module.forward(tensor);
     if (!result.ok()) fail("forward failed on " + path);
     const auto out = result->at(0).toTensor();

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <csetjmp>
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -247,9 +248,44 @@ Image8 resize(const Image8& in, int width, int height, const std::string& filter
   return img;
 }
 
+Image8 fit(const Image8& in, const Contract& c) {
+  const int h = c.height, w = c.width, w0 = in.width, h0 = in.height;
+  if (c.resize == "stretch") return resize(in, w, h, c.interpolation);
+  if (c.resize == "letterbox") {  // fit inside (round(side * r), half to even as Python), centre on pad_value
+    double r = std::min(double(h) / h0, double(w) / w0);
+    int nw = std::max(1, std::min(w, int(std::nearbyint(w0 * r)))), nh = std::max(1, std::min(h, int(std::nearbyint(h0 * r))));
+    Image8 small = resize(in, nw, nh, c.interpolation);
+    Image8 out{w, h, in.bands, std::vector<uint8_t>(size_t(w) * h * in.bands, uint8_t(c.pad_value))};
+    int left = (w - nw) / 2, top = (h - nh) / 2;
+    for (int y = 0; y < nh; y++)
+      std::memcpy(&out.pixels[(size_t(y + top) * w + left) * in.bands], &small.pixels[size_t(y) * nw * in.bands],
+                  size_t(nw) * in.bands);
+    return out;
+  }
+  if (c.resize != "shorter-side") throw std::runtime_error("unknown resize mode " + c.resize);
+  int sh = int(std::floor(h / c.crop_pct)), sw = int(std::floor(w / c.crop_pct)), nw, nh;
+  if (sh == sw) {  // torchvision Resize(int)
+    int shorter = std::min(w0, h0), longer = std::max(w0, h0);
+    int new_long = int(double(sh) * longer / shorter);
+    nw = w0 <= h0 ? sh : new_long;
+    nh = w0 <= h0 ? new_long : sh;
+  } else {  // timm ResizeKeepRatio
+    double ratio = std::min(double(h0) / sh, double(w0) / sw);
+    nw = int(std::nearbyint(w0 / ratio));
+    nh = int(std::nearbyint(h0 / ratio));
+  }
+  Image8 big = resize(in, nw, nh, c.interpolation);
+  int top = int(std::nearbyint((nh - h) / 2.0)), left = int(std::nearbyint((nw - w) / 2.0));  // CenterCrop
+  Image8 out{w, h, in.bands, std::vector<uint8_t>(size_t(w) * h * in.bands)};
+  for (int y = 0; y < h; y++)
+    std::memcpy(&out.pixels[size_t(y) * w * in.bands], &big.pixels[(size_t(y + top) * nw + left) * in.bands],
+                size_t(w) * in.bands);
+  return out;
+}
+
 std::vector<float> preprocess(const std::string& path, const Contract& c) {
-  Image8 img = resize(to_contract_colour(decode_image(path), c.channels), c.input_size, c.input_size, c.resize);
-  const int hw = c.input_size * c.input_size;
+  Image8 img = fit(to_contract_colour(decode_image(path), c.channels), c);
+  const int hw = c.height * c.width;
   std::vector<float> out(size_t(c.channels) * hw);
   for (int ch = 0; ch < c.channels; ch++)
     for (int i = 0; i < hw; i++)  // float32 throughout, as NumPy computes (x * scale - mean) / std

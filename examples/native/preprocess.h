@@ -12,11 +12,14 @@
 namespace edgefuse {
 
 struct Contract {
-  int input_size = 0;
+  int height = 0, width = 0;
   int channels = 0;            // 1 ("L") or 3 ("RGB")
   std::vector<float> mean, std;
   float scale = 1.0f / 255.0f;
-  std::string resize = "bilinear";
+  std::string resize = "stretch";           // stretch | shorter-side | letterbox
+  std::string interpolation = "bilinear";   // nearest | bilinear | bicubic
+  double crop_pct = 1.0;                    // shorter-side
+  int pad_value = 0;                        // letterbox
   std::vector<std::string> class_names;
 };
 
@@ -36,7 +39,10 @@ Image8 to_contract_colour(const Image8& in, int channels);
 // Pillow's Image.resize(size, filter) for 8-bit images.
 Image8 resize(const Image8& in, int width, int height, const std::string& filter);
 
-// The whole contract: file -> float32 CHW tensor of channels x input_size x input_size.
+// The contract's resize mode: stretch, shorter-side (+ centre crop) or letterbox, to width x height.
+Image8 fit(const Image8& in, const Contract& c);
+
+// The whole contract: file -> float32 CHW tensor of channels x height x width.
 std::vector<float> preprocess(const std::string& path, const Contract& c);
 
 }  // namespace edgefuse

@@ -281,8 +281,20 @@ def _factory_not_a_module(t, c):
 
 
 def _factory_without_contract(t, c):
-    return (["export", _sd(t), "--factory", "tests.cli._factories:raising", "--out", str(t / "out")],
-            ["--input-size and --channels"])  # checked before the factory runs: not "raised"
+    # a factory's model without a pretrained_cfg and no contract flags: refused, naming the flags
+    return (["export", _sd(t), "--factory", "tests.cli._factories:cumprod_net", "--out", str(t / "out")],
+            ["--input-size and --channels"])
+
+
+def _factory_with_a_bad_contract_flag(t, c):
+    # flag values are checked before the factory runs: the flag's error, not "raised"
+    return (["export", _sd(t), "--factory", "tests.cli._factories:raising", "--crop-pct", "1.5", "--out",
+             str(t / "out")], ["crop_pct must be in (0, 1]"])
+
+
+def _input_size_not_hxw(t, c):
+    return (["export", _sd(t), "--factory", "tests.cli._factories:raising", "--input-size", "48by192", "--out",
+             str(t / "out")], ["--input-size takes a side (224) or HEIGHTxWIDTH"])
 
 
 def _pte_lowering_fails(t, c):
@@ -412,7 +424,8 @@ CASES = {f.__name__.lstrip("_"): f for f in [
     _npz_wrong_dtype, _nan_calibration, _calibration_too_small, _input_too_small, _negative_max_drop,
     _zero_latency_ratio, _output_not_writable, _output_is_a_file, _output_holds_artifacts, _verify_not_a_folder,
     _trust_pickle_without_input_size, _state_dict_without_factory, _factory_missing_module, _factory_not_callable,
-    _factory_raises, _factory_not_a_module, _factory_without_contract, _pte_lowering_fails, _empty_class_folder,
+    _factory_raises, _factory_not_a_module, _factory_without_contract, _factory_with_a_bad_contract_flag,
+    _input_size_not_hxw, _pte_lowering_fails, _empty_class_folder,
     _empty_class_folder_presplit, _label_gaps, _classes_differ, _classes_reordered, _flag_not_an_integer,
     _unknown_option, _missing_argument, _unknown_command, _opset_too_new, _contract_flag_on_checkpoint,
     _baseline_not_json, _verify_garbage_manifest, _zero_calib_samples, _inspect_garbage_pte, _inspect_truncated_pte_with_sidecar,
