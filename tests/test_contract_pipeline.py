@@ -70,3 +70,19 @@ def test_a_48x192_model_is_letterboxed_end_to_end(tmp_path):
     ran = run_cli("validate", "--fp32", out / "model.fp32.onnx", "--int8", out / "model.int8.onnx", "--data", data,
                   "--runs", "5", "--max-latency-ratio", "100")
     assert ran.returncode == 0, ran.stderr
+
+
+def test_a_zoo_model_trains_and_exports_with_a_non_square_contract(tmp_path):
+    ckpt = tmp_path / "m.pt"
+    ran = run_cli("train", "--model", "resnet", "--fusion", "se", "--epochs", "1", "--input-size", "24x48", "--resize",
+                  "letterbox", "--interpolation", "bicubic", "--out", ckpt, "--quiet")
+    assert ran.returncode == 0, ran.stderr
+    ran = run_cli("export", ckpt, "--int8", "--format", "onnx", "--runs", "5", "--max-latency-ratio", "100",
+                  "--out", tmp_path / "build")
+    assert ran.returncode == 0, ran.stderr
+    from edgefuse.runtimes import OrtModel
+
+    m = OrtModel(tmp_path / "build" / "model.int8.onnx")
+    meta = json.loads(m.metadata()["edgefuse.contract"])
+    assert (meta["height"], meta["width"], meta["resize"], meta["interpolation"]) == (24, 48, "letterbox", "bicubic")
+    assert list(m.input_shape[1:]) == [1, 24, 48]

@@ -466,9 +466,11 @@ def _check_images(paths: list[Path]) -> None:
             raise DataError(f"unreadable image {p} ({e}): remove it or replace it") from None
 
 
-def norm_stats(raw: RawImages, channels: int, input_size: int, limit: int = 2000) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of ``raw`` after scaling to [0, 1] (the first ``limit`` images)."""
-    probe = PreprocessContract(input_size, channels, [0.0] * channels, [1.0] * channels)
+def norm_stats(raw: RawImages, channels: int, input_size, limit: int = 2000, **shape) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of ``raw`` after scaling to [0, 1] (the first ``limit`` images), prepared as a
+    contract of ``input_size`` (a side or ``(height, width)``) and ``shape`` (resize, interpolation,
+    crop_pct, pad_value) would prepare them."""
+    probe = PreprocessContract(input_size, channels, [0.0] * channels, [1.0] * channels, **shape)
     n = min(len(raw), limit)
     if n == 0:
         raise DataError("cannot compute normalisation statistics of an empty split")

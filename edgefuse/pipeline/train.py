@@ -40,10 +40,13 @@ def train_model(
     out: str | Path,
     epochs: int = 15,
     width: float = 1.0,
-    input_size: int = 32,
+    input_size: int | tuple[int, int] = 32,
     channels: int | None = None,
     fusion_kwargs: dict | None = None,
     positions: str = "all",
+    resize: str = "stretch",
+    interpolation: str = "bilinear",
+    crop_pct: float = 1.0,
     batch_size: int = 64,
     lr: float = 3e-3,
     attention_lr_scale: float = 0.2,
@@ -62,16 +65,19 @@ def train_model(
     check_run_flags(input_size=input_size)
     check_output_dir(Path(out).parent, "the folder of --out")
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, attention_lr_scale=attention_lr_scale, seed=seed)
-    check_model_args(model, fusion, width=width, channels=channels, input_size=input_size,
+    shape = {"resize": resize, "interpolation": interpolation, "crop_pct": crop_pct}
+    PreprocessContract(input_size, channels or 1, [0.0] * (channels or 1), [1.0] * (channels or 1), **shape)  # flags
+    side = min(input_size) if isinstance(input_size, (tuple, list)) else input_size  # the zoo's stem stride
+    check_model_args(model, fusion, width=width, channels=channels, input_size=side,
                      fusion_kwargs=fusion_kwargs, positions=positions)
     extra_kwargs = {"positions": positions} if positions != "all" else {}
     splits = load_data(data, seed=seed)
     ch = channels or splits.default_channels
-    mean, std = norm_stats(splits.train, ch, input_size)
-    contract = PreprocessContract(input_size, ch, mean, std, splits.class_names)
+    mean, std = norm_stats(splits.train, ch, input_size, **shape)
+    contract = PreprocessContract(input_size, ch, mean, std, splits.class_names, **shape)
     torch.manual_seed(seed)
     net = create_model(model, len(splits.class_names), fusion=fusion, width=width, in_chans=ch,
-                       input_size=input_size, fusion_kwargs=fusion_kwargs or {}, **extra_kwargs)
+                       input_size=side, fusion_kwargs=fusion_kwargs or {}, **extra_kwargs)
     out = Path(out)
     log = gate_log_path(out)
     if dist.is_main:

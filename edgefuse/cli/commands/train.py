@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgefuse.cli.options import (Data, Epochs, Force, InputSide, Output, Seed, Width, ZooModel, option_group,
+from edgefuse.cli.options import (Data, Epochs, Force, Output, Seed, Width, ZooModel, input_size_of, option_group,
                                   output_options)
 
 
@@ -18,7 +18,13 @@ def train(
     data: Data = "digits",
     epochs: Epochs = 15,
     width: Width = 1.0,
-    input_size: InputSide = 32,
+    input_size: Annotated[str, typer.Option(
+        help="Input size in pixels: 32, or HEIGHTxWIDTH (48x192) for non-square inputs.")] = "32",
+    resize: Annotated[str, typer.Option(
+        help="How images reach the input size: stretch, shorter-side (keep aspect, centre-crop) or letterbox.")
+    ] = "stretch",
+    interpolation: Annotated[str, typer.Option(help="Pillow filter: nearest, bilinear or bicubic.")] = "bilinear",
+    crop_pct: Annotated[float, typer.Option(help="shorter-side only: share kept by the centre crop.")] = 1.0,
     channels: Annotated[Optional[int], typer.Option(help="1 (grey) or 3 (RGB); default: what the data holds.")] = None,
     gate: Annotated[Optional[str], typer.Option(help="Gate of the attention blocks: sigmoid or hard_sigmoid.")] = None,
     positions: Annotated[str, typer.Option(help="resnet only: stages that use the fusion (all, early, late).")] = "all",
@@ -48,7 +54,8 @@ def train(
     show = show.for_rank(env_rank())
     with progress_bars(show.bars) as progress:
         res = train_model(
-            model=model, fusion=fusion, data=data, out=out, epochs=epochs, width=width, input_size=input_size,
+            model=model, fusion=fusion, data=data, out=out, epochs=epochs, width=width,
+            input_size=input_size_of(input_size), resize=resize, interpolation=interpolation, crop_pct=crop_pct,
             channels=channels, fusion_kwargs={"gate": gate} if gate else {}, positions=positions,
             batch_size=batch_size, lr=lr, attention_lr_scale=attention_lr_scale, seed=seed, progress=progress)
     show.emit(res, lambda: render.training(res))
