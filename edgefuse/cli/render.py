@@ -200,3 +200,23 @@ def verification(res, folder: Path) -> None:
         line(f"warning: {w}")
     if res.ok:
         line(f"{len(res.checked)} files match {folder / 'manifest.json'}")
+
+
+def arm_parity(res: dict) -> None:
+    """``verify-arm``: one row per file and emulated core, ARM vs x86."""
+    t = Table(title=f"ARM (emulated aarch64 onnxruntime) vs x86: {res['samples']} {res['data']} images, same tensors",
+              title_justify="left")
+    for c in ("file", "core", "agree", "max|diff|", "SQNR", "int8~fp32 ARM/x86", "parity"):
+        t.add_column(c, justify="left" if c in ("file", "core") else "right", no_wrap=True)
+    for r in res["rows"]:
+        pair = (f"{pct(r['int8_vs_fp32_agreement_arm'])}/{pct(r['int8_vs_fp32_agreement_x86'])}"
+                if "int8_vs_fp32_agreement_arm" in r else "")
+        t.add_row(r["file"].removeprefix("model."), r["cpu"], pct(r["agreement"]), f"{r['max_abs_diff']:.2g}",
+                  f"{r['sqnr_db']:.1f}", pair, "yes" if r["parity"] else "NO")
+    out.print(t)
+    for cpu in res["cpus"]:
+        line(f"{cpu}: {next(r['kernels'] for r in res['rows'] if r['cpu'] == cpu)} kernels")
+    for n in res["notes"]:
+        line(f"note: {n}")
+    for f in res["failures"]:
+        line(f"differs: {f}")

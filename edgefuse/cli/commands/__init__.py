@@ -14,4 +14,5 @@ COMMANDS = {
     "ablate": "ablate:ablate",
     "verify": "verify:verify",
     "doctor": "doctor:doctor",
+    "verify-arm": "verify_arm:verify_arm",
 }
