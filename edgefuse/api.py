@@ -11,6 +11,7 @@ from pathlib import Path
 from edgefuse.distributed import joins_process_group as _joins_process_group
 from edgefuse.pipeline.ablate import ablate_models
 from edgefuse.pipeline.analyze import analyze_model
+from edgefuse.pipeline.arm import verify_arm
 from edgefuse.pipeline.export import ExportOutcome, ExportRequest, run_export
 from edgefuse.pipeline.inspect import describe_artifact, describe_checkpoint
 from edgefuse.pipeline.source import contract_from_flags, load_model_source
@@ -42,4 +43,4 @@ def export_model(source: str | Path, out_dir: str | Path, *, progress: Progress 
 
 __all__ = ["ExportOutcome", "ExportRequest", "ablate_models", "analyze_model", "check_model_args", "contract_from_flags",
            "describe_artifact", "describe_checkpoint", "export_model", "gate_log_path", "load_model_source",
-           "train_model", "validate_files"]
+           "train_model", "validate_files", "verify_arm"]

@@ -32,7 +32,7 @@ def verify_arm(
     from edgefuse._files import write_json_atomic
     from edgefuse.cli import render
     from edgefuse.cli._ui import progress_bars
-    from edgefuse.pipeline.arm import verify_arm as run
+    from edgefuse.api import verify_arm as run
 
     with progress_bars(not quiet and not json_out) as progress:
         res = run(folder, cpus=[c.strip() for c in cpus.split(",") if c.strip()], data=data, samples=samples,
