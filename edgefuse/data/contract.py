@@ -162,7 +162,7 @@ class PreprocessContract:
         if not isinstance(d, dict):
             raise UsageError(f"invalid preprocessing contract: expected an object, got {type(d).__name__}")
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        if known.get("version", 1) == 1 and "resize" in known:  # v1: "resize" named the interpolation
+        if known.get("version", 1) == 1 and known.get("resize") in _RESAMPLE:  # v1: "resize" named the filter
             known["interpolation"], known["resize"] = known["resize"], "stretch"
         try:
             for key in ("channels", "version", "pad_value"):

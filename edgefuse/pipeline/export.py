@@ -32,9 +32,9 @@ from edgefuse.pipeline.source import load_model_source
 from edgefuse.progress import NullProgress, Progress
 from edgefuse.quantize import QuantConfig, QuantizedModel, TensorBatches, quantize_ptq, quantize_qat
 from edgefuse.quantize.eval_twin import eval_twin
-from edgefuse.reports.validation import write_reports
 from edgefuse.quantize.fallback import FallbackResult, fallback_within_budget
 from edgefuse.quantize.targets import measurable_here, quant_config_for, xnnpack_preset
+from edgefuse.reports.validation import write_reports
 from edgefuse.training import predict
 from edgefuse.validate.latency import fallback_latency
 from edgefuse.validate.report import Budgets, ValidationReport

@@ -13,8 +13,8 @@ from edgefuse.data import eval_batch_size
 from edgefuse.export.artifacts import ExportResult
 from edgefuse.export.formats import format_names, get_format
 from edgefuse.progress import NullProgress, Progress
-from edgefuse.quantize.fallback import FallbackResult
 from edgefuse.quantize.eval_twin import eval_twin
+from edgefuse.quantize.fallback import FallbackResult
 from edgefuse.quantize.fp32_region import fp32_region
 from edgefuse.runtimes import load_runtime
 from edgefuse.validate.core import validate_models
