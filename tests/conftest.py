@@ -84,7 +84,10 @@ def exported(trained_checkpoint, tmp_path_factory):
     from edgefuse.validate import Budgets
 
     out = tmp_path_factory.mktemp("build")
-    res = export_model(trained_checkpoint, out, int8=True, calib="digits", runs=30,
+    # latency-aware precision off: its choice follows this machine's timings (two xdist workers share two
+    # cores), and the tests on this build check weights, sizes and reports, not that choice
+    # (tests/export/test_kernel_choice.py does)
+    res = export_model(trained_checkpoint, out, int8=True, calib="digits", runs=30, latency_search=False,
                        budgets=Budgets(max_drop=None, max_latency_ratio=None))
     return res
 

@@ -38,10 +38,11 @@ def test_int8_files_compute_the_same_on_arm_as_on_x86(build, tmp_path):
     # the default (x86) target must hold parity; the arm64 target's signed activations run other x86 kernels,
     # so there the check reports (SQNR bound below) rather than gates: its home is ARM
     x86_target = build.name.startswith("build-x86")
+    out = tmp_path / "reports" / "arm"  # created by the command
     ran = run_cli("verify-arm", build, "--cpus", "cortex-a53,cortex-a76", "--samples", "48", "--quiet", "--out",
-                  tmp_path, *(["--require-arm-parity"] if x86_target else []))
+                  out, *(["--require-arm-parity"] if x86_target else []))
     assert ran.returncode == 0, ran.stderr
-    res = json.loads((tmp_path / "arm_report.json").read_text())
+    res = json.loads((out / "arm_report.json").read_text())
     assert res["cpus"] == ["cortex-a53", "cortex-a76"] and res["samples"] == 48
     files = {r["file"] for r in res["rows"]}
     assert {"model.fp32.onnx", "model.int8.onnx"} <= files <= {"model.fp32.onnx", "model.int8.onnx", "model.fp32.ort",
@@ -73,6 +74,13 @@ def test_a_missing_tool_is_one_line_naming_the_debian_package(build, monkeypatch
     ran = run_cli("verify-arm", build, "--cpus", "cortex-a53", "--quiet")
     lines = [ln for ln in ran.stderr.splitlines() if ln.strip()]
     assert ran.returncode == 2 and len(lines) == 1 and "qemu-user-static" in lines[0], ran.stderr
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_emulation(build, tmp_path):
+    (tmp_path / "f").write_text("x")
+    ran = run_cli("verify-arm", build, "--cpus", "cortex-a53", "--quiet", "--out", tmp_path / "f")
+    lines = [ln for ln in ran.stderr.splitlines() if ln.strip()]
+    assert ran.returncode == 2 and len(lines) == 1 and "not a folder" in lines[0], ran.stderr
 
 
 def test_unknown_cores_are_refused(build):

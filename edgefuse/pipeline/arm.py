@@ -12,7 +12,7 @@ from edgefuse.errors import GateFailed, InputFileError, UsageError
 from edgefuse.metrics import agreement, sqnr_db
 from edgefuse.progress import NullProgress, Progress
 from edgefuse.runtimes import OrtModel
-from edgefuse.runtimes.arm64 import CPU_MODELS, DEFAULT_CPUS, Arm64Environment
+from edgefuse.runtimes.arm64 import CPU_MODELS, DEFAULT_CPUS, Arm64Environment, wheel_versions
 
 #: Parity, ARM vs x86 on the same file: int8 files may differ by requantization rounding (one int8 step
 #: here and there), fp32 files only by float summation order.
@@ -68,32 +68,29 @@ def verify_arm(build: str | Path, *, cpus=DEFAULT_CPUS, data: str = "digits", sa
         x86[f] = (np.concatenate([m.run(x[i:i + batch]) for i in range(0, len(x), batch)])
                   if isinstance(batch, int) else m.run(x))
     env = Arm64Environment.prepare(progress=progress)
+    precision = {f: "int8" if ".int8." in f.name else "fp32" for f in files}
+    fp32_twin = {f: next((g for g in files if g.suffix == f.suffix and precision[g] == "fp32"), None) for f in files}
     rows, failures = [], []
     progress.start("arm64 runs", len(cpus))
     try:
         for cpu in cpus:
             arm = env.run_onnx(cpu, files, x)
-            by_kind = {}
             for f in files:
-                precision = "int8" if ".int8." in f.name else "fp32"
-                by_kind[(f.suffix, precision)] = f
-            for f in files:
-                precision = "int8" if ".int8." in f.name else "fp32"
-                row = {"file": f.name, "precision": precision, "cpu": cpu, "kernels": CPU_MODELS[cpu][2],
+                row = {"file": f.name, "precision": precision[f], "cpu": cpu, "kernels": CPU_MODELS[cpu][2],
                        "agreement": round(float(agreement(x86[f], arm[f])), 4),
                        "max_abs_diff": float(np.abs(x86[f] - arm[f]).max()),
                        "sqnr_db": round(float(min(sqnr_db(x86[f], arm[f]), 200.0)), 2)}
-                twin = by_kind.get((f.suffix, "fp32"))
-                if precision == "int8" and twin is not None:
+                twin = fp32_twin[f]
+                if precision[f] == "int8" and twin is not None:
                     row["int8_vs_fp32_agreement_arm"] = round(float(agreement(arm[twin], arm[f])), 4)
                     row["int8_vs_fp32_agreement_x86"] = round(float(agreement(x86[twin], x86[f])), 4)
-                ok = (row["agreement"] >= min_agreement and row["sqnr_db"] >= min_sqnr) if precision == "int8" \
+                ok = (row["agreement"] >= min_agreement and row["sqnr_db"] >= min_sqnr) if precision[f] == "int8" \
                     else row["sqnr_db"] >= MIN_FP32_SQNR_DB
                 row["parity"] = bool(ok)
                 if not ok:
                     failures.append(f"{f.name} on {cpu}: ARM vs x86 top-1 agreement {100 * row['agreement']:.2f}%, "
                                     f"SQNR {row['sqnr_db']:.1f} dB (parity needs "
-                                    + (f">= {100 * min_agreement:g}% and >= {min_sqnr:g} dB" if precision == "int8"
+                                    + (f">= {100 * min_agreement:g}% and >= {min_sqnr:g} dB" if precision[f] == "int8"
                                        else f">= {MIN_FP32_SQNR_DB:g} dB for fp32") + ")")
                 rows.append(row)
             progress.advance("arm64 runs")
@@ -106,7 +103,7 @@ def verify_arm(build: str | Path, *, cpus=DEFAULT_CPUS, data: str = "digits", sa
     notes.append("Emulated: no timing, no NNAPI/CoreML/GPU delegates; the arithmetic is that of onnxruntime's "
                  "aarch64 CPU kernels on the emulated core's instruction set.")
     result = {"build": str(build), "cpus": list(cpus), "samples": len(x), "data": data, "rows": rows,
-              "failures": failures, "notes": notes, "environment": {"root": str(env.root), **env.versions},
+              "failures": failures, "notes": notes, "environment": {"root": str(env.root), **wheel_versions()},
               "parity_required": require_parity}
     if require_parity and failures:
         raise GateFailed("ARM parity: " + "; ".join(failures))

@@ -65,6 +65,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("EDGEFUSE_CACHE") or Path.home() / ".cache" / "edgefuse")
 
 
+def wheel_versions() -> dict[str, str]:
+    """The onnxruntime and numpy versions installed here: the aarch64 side installs the same."""
+    return {"onnxruntime": metadata.version("onnxruntime"), "numpy": metadata.version("numpy")}
+
+
 class Arm64Environment:
     """A prepared arm64 environment (see the module docstring); :meth:`prepare` makes or reuses one."""
 
@@ -72,10 +77,6 @@ class Arm64Environment:
         self.root = root
         self.rootfs, self.site = root / "rootfs", root / "site"
         self.qemu = _need("qemu-aarch64-static", "qemu-user-static")
-
-    @property
-    def versions(self) -> dict[str, str]:
-        return {"onnxruntime": metadata.version("onnxruntime"), "numpy": metadata.version("numpy")}
 
     @classmethod
     def prepare(cls, cache: Path | None = None, progress: Progress = NullProgress()) -> "Arm64Environment":
@@ -86,7 +87,7 @@ class Arm64Environment:
             EmulationError: a missing Debian tool (named with its apt-get command) or a failed download.
         """
         _need("qemu-aarch64-static", "qemu-user-static")
-        versions = {"onnxruntime": metadata.version("onnxruntime"), "numpy": metadata.version("numpy")}
+        versions = wheel_versions()
         key = "-".join(f"{k}{v}" for k, v in versions.items())
         root = (cache or cache_root()) / f"arm64-{DEBIAN_SUITE}-py311-{key}"
         if (root / "ready").exists():

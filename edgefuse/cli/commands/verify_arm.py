@@ -33,12 +33,16 @@ def verify_arm(
     from edgefuse.cli import render
     from edgefuse.cli._ui import progress_bars
     from edgefuse.api import verify_arm as run
+    from edgefuse.limits import check_output_dir
 
+    if out is not None:
+        check_output_dir(out)  # before a minute of emulation, not after it
     with progress_bars(not quiet and not json_out) as progress:
         res = run(folder, cpus=[c.strip() for c in cpus.split(",") if c.strip()], data=data, samples=samples,
                   seed=seed, require_parity=require_arm_parity, min_agreement=min_arm_agreement,
                   min_sqnr=min_arm_sqnr, progress=progress)
     if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(out) / "arm_report.json", res)
     if json_out:
         render.as_json(res)
