@@ -57,13 +57,13 @@ def verify_arm(build: str | Path, *, cpus=DEFAULT_CPUS, data: str = "digits", sa
     if samples < 1:
         raise UsageError(f"--samples must be >= 1, got {samples}")
     files = _files(build)
-    contract = PreprocessContract.from_json(OrtModel(files[0]).metadata()["edgefuse.contract"])
+    models = {f: OrtModel(f) for f in files}
+    contract = PreprocessContract.from_json(models[files[0]].metadata()["edgefuse.contract"])
     test = load_data(data, seed=seed).test
     ds = ImageDataset(test.subset(range(min(samples, len(test)))), contract)
     x = np.stack([ds[i][0] for i in range(len(ds))])
     x86 = {}
-    for f in files:
-        m = OrtModel(f)
+    for f, m in models.items():
         batch = m.input_shape[0]
         x86[f] = (np.concatenate([m.run(x[i:i + batch]) for i in range(0, len(x), batch)])
                   if isinstance(batch, int) else m.run(x))

@@ -20,6 +20,10 @@ def _ms(v) -> str:
     return "—" if v is None else f"{v:.3f}"
 
 
+def _number(v) -> str:
+    return H.value(v, nd=4) if isinstance(v, (int, float)) else "—"
+
+
 def validation_html(d: dict) -> str:
     """The report page for a ``report.json`` dict (:meth:`ValidationReport.to_dict`)."""
     models, cmp_, gate = d["models"], d["comparison"], d["gate"]
@@ -30,9 +34,7 @@ def validation_html(d: dict) -> str:
     verdict = (f"<p class='{'pass' if gate['passed'] else 'fail'}'>{'PASSED' if gate['passed'] else 'FAILED'}</p>")
     if gate.get("checks"):
         verdict += H.table(["check", "subject", "value", "limit", "what failed"],
-                           [[c.get("check"), c.get("subject") or "", H.value(c.get("value"), nd=4)
-                             if isinstance(c.get("value"), (int, float)) else "—",
-                             H.value(c.get("limit"), nd=4) if isinstance(c.get("limit"), (int, float)) else "—",
+                           [[c.get("check"), c.get("subject") or "", _number(c.get("value")), _number(c.get("limit")),
                              c.get("message")] for c in gate["checks"]])
     else:
         verdict += H.paragraph("Every budget holds: " + "; ".join(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -100,7 +101,7 @@ class Arm64Environment:
             _run([mmdebstrap, "--quiet", "--variant=extract", "--architectures=arm64", f"--include={','.join(ROOT_PACKAGES)}",
                   DEBIAN_SUITE, str(tmp / "rootfs"), DEBIAN_MIRROR], "mmdebstrap (the arm64 root file system)")
             progress.advance("arm64 environment")
-            _run([os.sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--only-binary=:all:",
+            _run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--only-binary=:all:",
                   "--platform", WHEEL_PLATFORM, "--python-version", "3.11", "--implementation", "cp", "--target",
                   str(tmp / "site"), *(f"{k}=={v}" for k, v in versions.items())],
                  "pip (onnxruntime's and numpy's aarch64 wheels)")
