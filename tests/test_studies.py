@@ -8,16 +8,21 @@ from edgefuse.api import ablate_models
 
 
 def test_ablate_two_fusions_end_to_end(tmp_path):
-    res = ablate_models(tmp_path / "abl", fusions=("add", "se"), epochs=3, width=0.5, runs=10)
+    res = ablate_models(tmp_path / "abl", fusions=("add", "se"), positions=("early", "late"), epochs=3, width=0.5,
+                        runs=10)
     rows = {r["variant"]: r for r in res["rows"]}
-    assert set(rows) == {"add", "se"}
-    # SE adds its excitation MLP: more parameters and MACs than Add on the same backbone
-    assert rows["se"]["params"] > rows["add"]["params"] and rows["se"]["macs"] > rows["add"]["macs"]
+    # add is the same network at every position: trained once, not once per position
+    assert [r["variant"] for r in res["rows"]] == ["add", "se@early", "se@late"]
+    # SE adds its excitation MLP: more parameters and MACs than Add on the same backbone; the late stages
+    # are the wide ones, so SE there costs more parameters than SE in the early ones
+    for v in ("se@early", "se@late"):
+        assert rows[v]["params"] > rows["add"]["params"] and rows[v]["macs"] > rows["add"]["macs"]
+    assert rows["se@late"]["params"] > rows["se@early"]["params"]
     for r in rows.values():
         assert 0.3 < r["fp32_top1"] <= 1 and 0 <= r["int8_top1"] <= 1 and r["fp32_ms"] > 0 and r["int8_ms"] > 0
         assert r["speedup"] == pytest.approx(r["fp32_ms"] / r["int8_ms"])
     md = (tmp_path / "abl" / "ablation.md").read_text()
-    assert "| add |" in md and "| se |" in md
+    assert "| add |" in md and "| se@late |" in md
     assert json.loads((tmp_path / "abl" / "ablation.json").read_text())["rows"][0]["variant"] == "add"
     assert "<svg" in (tmp_path / "abl" / "ablation.html").read_text()
     with pytest.raises(UsageError, match="--force"):

@@ -53,30 +53,31 @@ def ablate_models(
     for pos in positions:  # every variant must build before the first one trains
         for fusion in fusions:
             check_model_args(model, fusion, width=width, input_size=input_size, positions=pos)
+    # "add" is every stage's default merge, so it builds the same network at every position: train it once.
+    variants = list(dict.fromkeys((f, "all" if f == "add" else p) for p in positions for f in fusions))
     rows: list[dict] = []
     files: dict[str, tuple] = {}
-    for pos in positions:
-        for fusion in fusions:
-            name = fusion if len(positions) == 1 else f"{fusion}@{pos}"
-            vdir = out / name.replace("@", "-")
-            tr = train_model(model=model, fusion=fusion, data=data, out=vdir / "model.pt", epochs=epochs, width=width,
-                             input_size=input_size, positions=pos, seed=seed, progress=progress)
-            loaded = load_checkpoint(vdir / "model.pt")
-            params = count_params(loaded.model)
-            macs = count_macs(loaded.model, loaded.contract.input_shape)
-            # Accuracy here; latency below, all variants interleaved in one run.
-            ex = run_export(ExportRequest(vdir / "model.pt", vdir / "build", int8=True, calib=data, formats=("onnx",),
-                                          budgets=Budgets(max_latency_ratio=None), threads=threads, runs=5, force=True,
-                                          seed=seed, fallback=False), progress=progress)
-            r = ex.report
-            files[name] = (ex.export.path("onnx", "fp32"), ex.export.path("onnx", "int8"))
-            rows.append({
-                "variant": name, "fusion": fusion, "positions": pos, "params": params, "macs": macs,
-                "train_seconds": round(tr["train_seconds"], 1), "val_top1": tr["val_top1"],
-                "fp32_top1": r.fp32.top1, "int8_top1": r.int8.top1, "drop_pp": r.accuracy_drop,
-                "drop_ci95": list(r.drop_ci) if r.drop_ci else None, "agreement": r.agreement,
-                "int8_bytes": r.int8.bytes, "samples": r.data.get("samples"),
-            })
+    for fusion, pos in variants:
+        name = fusion if len(positions) == 1 or fusion == "add" else f"{fusion}@{pos}"
+        vdir = out / name.replace("@", "-")
+        tr = train_model(model=model, fusion=fusion, data=data, out=vdir / "model.pt", epochs=epochs, width=width,
+                         input_size=input_size, positions=pos, seed=seed, progress=progress)
+        loaded = load_checkpoint(vdir / "model.pt")
+        params = count_params(loaded.model)
+        macs = count_macs(loaded.model, loaded.contract.input_shape)
+        # Accuracy here; latency below, all variants interleaved in one run.
+        ex = run_export(ExportRequest(vdir / "model.pt", vdir / "build", int8=True, calib=data, formats=("onnx",),
+                                      budgets=Budgets(max_latency_ratio=None), threads=threads, runs=5, force=True,
+                                      seed=seed, fallback=False), progress=progress)
+        r = ex.report
+        files[name] = (ex.export.path("onnx", "fp32"), ex.export.path("onnx", "int8"))
+        rows.append({
+            "variant": name, "fusion": fusion, "positions": pos, "params": params, "macs": macs,
+            "train_seconds": round(tr["train_seconds"], 1), "val_top1": tr["val_top1"],
+            "fp32_top1": r.fp32.top1, "int8_top1": r.int8.top1, "drop_pp": r.accuracy_drop,
+            "drop_ci95": list(r.drop_ci) if r.drop_ci else None, "agreement": r.agreement,
+            "int8_bytes": r.int8.bytes, "samples": r.data.get("samples"),
+        })
     sessions = {(v, p): OrtModel(f, threads) for v, pair in files.items() for p, f in zip(("fp32", "int8"), pair)}
     shape = [d if isinstance(d, int) else 1 for d in next(iter(sessions.values())).input_shape]
     x1 = np.random.default_rng(seed).random(shape, dtype=np.float32)
