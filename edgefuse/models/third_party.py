@@ -121,7 +121,9 @@ class UserNet(nn.Module):
         self.stem = block(in_chans, width, 2)
         self.stage1 = nn.Sequential(block(width, width, 1), UserSE(width))
         self.stage2 = nn.Sequential(block(width, 2 * width, 2), UserCBAM(2 * width))
-        self.stage3 = nn.Sequential(block(2 * width, 4 * width, 2), nn.Hardswish(inplace=True), UserSE(4 * width))
+        # Not in place: the block's in-place ReLU needs its output for the backward pass, so an in-place
+        # Hardswish after it made the network untrainable (autograd's version-counter error).
+        self.stage3 = nn.Sequential(block(2 * width, 4 * width, 2), nn.Hardswish(), UserSE(4 * width))
         self.fc = nn.Linear(4 * width, num_classes)
 
     def forward(self, x):

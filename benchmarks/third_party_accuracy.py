@@ -1,0 +1,138 @@
+"""The models users bring, trained: torchvision/timm networks fine-tuned on Fashion-MNIST, then PTQ and QAT.
+
+    sudo apt-get install dataset-fashion-mnist      # once: the data, from Debian (nothing is downloaded here)
+    .venv/bin/python benchmarks/third_party_accuracy.py [--size 48] [--epochs 2] [--rows a,b] [--json out.json]
+
+``benchmarks/third_party.py`` measures the third-party matrix with random weights (batch-norm statistics from
+data), which shows whether an int8 file computes its program but not what int8 costs a *trained* network.
+Here each network (``num_classes=10``, random init: nothing is downloaded) is trained briefly with edgefuse's
+recipe on the first ``--train-samples`` images of the seeded Fashion-MNIST training split, the 28x28 grey
+images stretched to ``--size`` and repeated to RGB, then
+
+* PTQ: saved as a ``.pt2`` with a dynamic batch and exported exactly as a user would,
+  ``export model.pt2 --int8 --format onnx --calib fashion-mnist`` with the default recipe (300 calibration
+  images, histogram ranges, the third-party int8 forms, latency-aware precision);
+* QAT: ``--qat-epochs`` of quantization-aware fine-tuning on ``--qat-samples`` training images, exported to
+  ONNX;
+
+and both int8 files are compared in onnxruntime with the fp32 file on the 10,000 official test images:
+top-1, the drop with its paired 95 % bootstrap interval, the worst class, agreement and logit SQNR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from accuracy import PTQ_TARGET, QAT_TARGET, int8_metrics, logits  # benchmarks/ is the script's folder
+
+from edgefuse.api import export_model
+from edgefuse.data import ImageDataset, PreprocessContract, load_data, norm_stats
+from edgefuse.export import export_artifacts
+from edgefuse.models.third_party import create_third_party
+from edgefuse.quantize import QATConfig, quantize_qat
+from edgefuse.training import TrainConfig, train
+from edgefuse.validate import Budgets, cpu_name
+
+ROWS = ["tv_mobilenet_v3_small", "tv_mobilenet_v3_large", "timm_efficientnet_b0", "timm_lcnet_050",
+        "timm_regnety_002", "timm_seresnet18", "timm_cbam_resnet18", "timm_eca_resnet18", "user_se_cbam"]
+
+
+def row(name: str, data, contract, args, work: Path) -> dict:
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    model = create_third_party(name, 10)
+    train(model, data, contract, TrainConfig(epochs=args.epochs))
+    train_s = time.perf_counter() - t0
+    model.eval()
+    tr, te = ImageDataset(data.train, contract), ImageDataset(data.test, contract)
+    labels, classes = np.asarray(data.test.labels), list(data.class_names)
+    d = work / name
+    d.mkdir(parents=True)
+    batch = torch.export.Dim("batch")
+    torch.export.save(torch.export.export(model, (torch.stack([tr[0][0], tr[1][0]]),), dynamic_shapes=({0: batch},)),
+                      d / "model.pt2")
+    t1 = time.perf_counter()
+    ptq = export_model(d / "model.pt2", d / "ptq", calib=args.data, formats=("onnx",), force=True,
+                       budgets=Budgets(max_latency_ratio=None),
+                       model_kwargs={"input_size": contract.input_size, "channels": 3, "mean": list(contract.mean),
+                                     "std": list(contract.std)})
+    export_s = time.perf_counter() - t1
+    fp32 = logits(ptq.export.path("onnx", "fp32"), te)
+    int8_file = ptq.export.path("onnx", "int8")
+    r = {"model": name, "size": args.size, "train_s": round(train_s, 1), "export_s": round(export_s, 1),
+         "fp32": float((fp32.argmax(1) == labels).mean()),
+         "export_verdict": "passed" if not ptq.report.failures else "; ".join(ptq.report.failures),
+         "precision": next((a.details.get("latency_precision") for a in ptq.export.artifacts
+                            if a.file == int8_file.name), None),
+         "ptq": int8_metrics(fp32, logits(int8_file, te), labels, classes)}
+    t2 = time.perf_counter()
+    qat_ds = torch.utils.data.Subset(tr, range(min(args.qat_samples, len(tr))))
+    qat = quantize_qat(model, qat_ds, qat=QATConfig(epochs=args.qat_epochs,
+                                                    freeze_observer_epoch=max(1, args.qat_epochs - 1)))
+    res = export_artifacts(model, contract, d / "qat", quantized=qat, formats=("onnx",), force=True)
+    r["qat_s"] = round(time.perf_counter() - t2, 1)
+    r["qat"] = int8_metrics(fp32, logits(res.path("onnx", "int8"), te), labels, classes)
+    r["seconds"] = round(time.perf_counter() - t0, 1)
+    return r
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| model | fp32 top-1 | PTQ top-1 | PTQ drop (95 % CI), pp | QAT top-1 | QAT drop (95 % CI), pp "
+           "| worst class, PTQ | agreement PTQ / QAT | SQNR PTQ / QAT, dB | export gate | train / export / QAT s |",
+           "|" + "---|" * 11]
+    for r in rows:
+        p, q = r["ptq"], r["qat"]
+        out.append(
+            f"| {r['model']} | {100 * r['fp32']:.2f} % | {100 * p['top1']:.2f} % "
+            f"| {p['drop_pp']:+.2f} ({p['drop_ci_pp'][0]:+.2f}, {p['drop_ci_pp'][1]:+.2f}) | {100 * q['top1']:.2f} % "
+            f"| {q['drop_pp']:+.2f} ({q['drop_ci_pp'][0]:+.2f}, {q['drop_ci_pp'][1]:+.2f}) "
+            f"| {p['worst_class']['class']} {p['worst_class']['drop_pp']:+.1f} "
+            f"| {100 * p['agreement']:.2f} / {100 * q['agreement']:.2f} % | {p['sqnr_db']:.1f} / {q['sqnr_db']:.1f} "
+            f"| {r['export_verdict']} | {r['train_s']:.0f} / {r['export_s']:.0f} / {r['qat_s']:.0f} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=48)
+    ap.add_argument("--train-samples", type=int, default=8000)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--qat-epochs", type=int, default=1)
+    ap.add_argument("--qat-samples", type=int, default=3000)
+    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--data", default="fashion-mnist", help="named source or IDX folder")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    data = load_data(args.data)
+    data = replace(data, train=data.train.subset(range(min(args.train_samples, len(data.train)))))
+    mean, std = norm_stats(data.train, 3, args.size)
+    contract = PreprocessContract(args.size, 3, mean, std, data.class_names)
+    work = Path(tempfile.mkdtemp(prefix="edgefuse-third-party-accuracy-"))
+    rows = []
+    for name in args.rows.split(","):
+        rows.append(row(name, data, contract, args, work))
+        print(json.dumps(rows[-1]), flush=True)
+        if args.json:  # after every row: a long run keeps what it measured
+            args.json.write_text(json.dumps({
+                "cpu": cpu_name(), "data": data.source, "fingerprint": data.fingerprint, "input_size": args.size,
+                "train_samples": len(data.train), "epochs": args.epochs, "qat_epochs": args.qat_epochs,
+                "qat_samples": args.qat_samples, "test_samples": len(data.test),
+                "targets_pp": {"ptq": PTQ_TARGET, "qat": QAT_TARGET}, "rows": rows}, indent=2))
+    print(f"\n{data.source}: {len(data.train)} training images, {args.epochs} epochs at {args.size}x{args.size} "
+          f"(RGB); {len(data.test)} test images; onnxruntime; CPU {cpu_name()}\n")
+    print(table(rows))
+    missed = [f"{r['model']} {tag} {r[tag]['drop_pp']:+.2f} pp" for r in rows
+              for tag, limit in (("ptq", PTQ_TARGET), ("qat", QAT_TARGET)) if r[tag]["drop_pp"] > limit]
+    print("\ntargets (PTQ <= 0.5 pp, QAT <= 0.2 pp): " + ("all met" if not missed else "missed: " + "; ".join(missed)))
+
+
+if __name__ == "__main__":
+    main()
