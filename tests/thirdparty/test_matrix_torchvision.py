@@ -37,3 +37,15 @@ def test_max_pools_as_users_write_them_become_exact_amax():
     targets = {str(n.target) for n in ep.graph_module.graph.nodes}
     assert "aten.adaptive_max_pool2d.default" not in targets and "aten.max.dim" not in targets
     torch.testing.assert_close(ep.module()(x), m(x), rtol=0, atol=0)
+
+
+def test_hand_written_network_trains():
+    # benchmarks/third_party_accuracy.py fine-tunes it: one backward pass must go through (an in-place
+    # Hardswish after the in-place ReLU once broke autograd)
+    import torch
+
+    from edgefuse.models.third_party import create_third_party
+
+    model = create_third_party("user_se_cbam", 10).train()
+    torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3])).backward()
+    assert all(p.grad is not None for p in model.parameters())
