@@ -11,6 +11,7 @@ from torch import nn
 
 from edgefuse._quiet import quiet
 from edgefuse.errors import ExportError, UnsupportedModelError, UsageError
+from edgefuse.export.inplace import functionalize_inplace
 from edgefuse.limits import MAX_BATCH, MAX_OPSET, MIN_OPSET
 
 #: The ONNX opset edgefuse exports (onnxruntime 1.32 runs it; QDQ needs >= 13).
@@ -49,6 +50,7 @@ def export_onnx(
         dynamic_shapes = tuple({0: batch} for _ in example_inputs)
     try:
         with quiet():
+            model = _functional_program(model, tuple(example_inputs), dynamic_shapes)
             program = torch.onnx.export(
                 model, tuple(example_inputs), None, dynamo=True, opset_version=opset,
                 input_names=input_names, output_names=output_names or ["output"],
@@ -61,6 +63,19 @@ def export_onnx(
         raise UnsupportedModelError(f"ONNX export failed: {cause[:300]}") from e
     _convert_opset(path, opset)
     return path
+
+
+def _functional_program(model: nn.Module, example_inputs: tuple, dynamic_shapes):
+    """``model`` as an ExportedProgram whose unobservable in-place activations are out of place (see
+    :mod:`edgefuse.export.inplace`: the exporter decomposes ``hardswish_`` & co. at ~0.1 s each under a symbolic
+    batch). A model ``torch.export`` cannot take goes to the ONNX exporter as it is: its own fallback
+    strategies apply, as before."""
+    try:
+        ep = torch.export.export(model, example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
+    except Exception:
+        return model
+    functionalize_inplace(ep.graph_module, copy_first=False)
+    return ep
 
 
 def opset_of(model) -> int | None:
