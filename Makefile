@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.edgefuse-installed
 DEMO   := demo-out
 
-.PHONY: venv demo test test-fast test-thirdparty check-install lint clean
+.PHONY: venv demo test test-fast test-thirdparty check-install bench-accuracy lint clean
 
 # pyproject.toml states ranges; constraints.txt is the exact set tested, so every venv made here is that set.
 $(STAMP): pyproject.toml constraints.txt
@@ -37,6 +37,22 @@ test-fast: $(STAMP)
 # keeps their versions and gives a working `edgefuse --help` (.ci/run runs it as a timed step).
 check-install:
 	bash .ci/check-install
+
+# The accuracy claims on Fashion-MNIST (README "Benchmarks"): zoo PTQ/QAT, the fusion ablation and its positions,
+# the training tips, the third-party networks trained. About 3 hours on 2 cores; the data comes from Debian
+# (`sudo apt-get install dataset-fashion-mnist`), nothing is downloaded. Not part of `make demo` or `make test`.
+FMNIST ?= /usr/share/datasets/fashion-mnist
+bench-accuracy: $(STAMP)
+	@test -d $(FMNIST) || { echo "error: Fashion-MNIST is not installed: sudo apt-get install dataset-fashion-mnist" >&2; exit 2; }
+	$(BIN)/python benchmarks/accuracy.py --json benchmarks/results-accuracy-fashion-mnist.json
+	$(BIN)/edgefuse ablate --data fashion-mnist --fusions add,concat,se,cbam,effatt,dynamic --epochs 3 --width 0.5 \
+		--runs 100 -o build/ablation-fashion-mnist --force
+	cp build/ablation-fashion-mnist/ablation.json benchmarks/results-ablation-fashion-mnist.json
+	$(BIN)/edgefuse ablate --data fashion-mnist --fusions add,se,cbam,effatt --positions early,late --epochs 3 \
+		--width 0.5 --runs 100 -o build/ablation-positions-fashion-mnist --force
+	cp build/ablation-positions-fashion-mnist/ablation.json benchmarks/results-ablation-positions-fashion-mnist.json
+	$(BIN)/python benchmarks/training_tips.py --seeds 0 --json benchmarks/results-training-tips-fashion-mnist.json
+	cd benchmarks && ../$(BIN)/python third_party_accuracy.py --json results-third-party-fashion-mnist.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgefuse tests benchmarks examples

@@ -1,7 +1,7 @@
 """The models users bring, trained: torchvision/timm networks fine-tuned on Fashion-MNIST, then PTQ and QAT.
 
     sudo apt-get install dataset-fashion-mnist      # once: the data, from Debian (nothing is downloaded here)
-    .venv/bin/python benchmarks/third_party_accuracy.py [--size 48] [--epochs 2] [--rows a,b] [--json out.json]
+    .venv/bin/python benchmarks/third_party_accuracy.py [--size 48] [--train-samples 6000] [--epochs 2] [--rows a,b] [--json out.json]
 
 ``benchmarks/third_party.py`` measures the third-party matrix with random weights (batch-norm statistics from
 data), which shows whether an int8 file computes its program but not what int8 costs a *trained* network.
@@ -40,8 +40,8 @@ from edgefuse.quantize import QATConfig, quantize_qat
 from edgefuse.training import TrainConfig, train
 from edgefuse.validate import Budgets, cpu_name
 
-ROWS = ["tv_mobilenet_v3_small", "tv_mobilenet_v3_large", "timm_efficientnet_b0", "timm_lcnet_050",
-        "timm_regnety_002", "timm_seresnet18", "timm_cbam_resnet18", "timm_eca_resnet18", "user_se_cbam"]
+ROWS = ["tv_mobilenet_v3_small", "tv_mobilenet_v3_large", "timm_efficientnet_b0", "timm_seresnet18",
+        "timm_cbam_resnet18", "timm_eca_resnet18", "timm_lcnet_050", "user_se_cbam"]
 
 
 def row(name: str, data, contract, args, work: Path) -> dict:
@@ -102,7 +102,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=48)
-    ap.add_argument("--train-samples", type=int, default=8000)
+    ap.add_argument("--train-samples", type=int, default=6000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--qat-epochs", type=int, default=1)
     ap.add_argument("--qat-samples", type=int, default=3000)
