@@ -52,7 +52,7 @@ bench-accuracy: $(STAMP)
 		--width 0.5 --runs 100 -o build/ablation-positions-fashion-mnist --force
 	cp build/ablation-positions-fashion-mnist/ablation.json benchmarks/results-ablation-positions-fashion-mnist.json
 	$(BIN)/python benchmarks/training_tips.py --seeds 0 --json benchmarks/results-training-tips-fashion-mnist.json
-	cd benchmarks && ../$(BIN)/python third_party_accuracy.py --json results-third-party-fashion-mnist.json
+	$(BIN)/python benchmarks/third_party_accuracy.py --json benchmarks/results-third-party-fashion-mnist.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgefuse tests benchmarks examples

@@ -1,7 +1,8 @@
 """The models users bring, trained: torchvision/timm networks fine-tuned on Fashion-MNIST, then PTQ and QAT.
 
     sudo apt-get install dataset-fashion-mnist      # once: the data, from Debian (nothing is downloaded here)
-    .venv/bin/python benchmarks/third_party_accuracy.py [--size 48] [--train-samples 6000] [--epochs 2] [--rows a,b] [--json out.json]
+    .venv/bin/python benchmarks/third_party_accuracy.py [--size 48] [--train-samples 6000] [--epochs 2] [--rows a,b]
+                                                        [--json out.json]
 
 ``benchmarks/third_party.py`` measures the third-party matrix with random weights (batch-norm statistics from
 data), which shows whether an int8 file computes its program but not what int8 costs a *trained* network.
