@@ -18,11 +18,18 @@ def test_ablate_two_fusions_end_to_end(tmp_path):
     for v in ("se@early", "se@late"):
         assert rows[v]["params"] > rows["add"]["params"] and rows[v]["macs"] > rows["add"]["macs"]
     assert rows["se@late"]["params"] > rows["se@early"]["params"]
+    # each variant against the first one on the same test images, with a paired interval around the difference
+    assert rows["add"]["fp32_vs_baseline_pp"] == 0 and rows["add"]["fp32_vs_baseline_ci95"] == [0, 0]
+    for r in rows.values():
+        for kind in ("fp32", "int8"):
+            lo, hi = r[f"{kind}_vs_baseline_ci95"]
+            d = r[f"{kind}_vs_baseline_pp"]
+            assert lo <= d <= hi and d == pytest.approx(100 * (r[f"{kind}_top1"] - rows["add"][f"{kind}_top1"]), abs=1e-3)
     for r in rows.values():
         assert 0.3 < r["fp32_top1"] <= 1 and 0 <= r["int8_top1"] <= 1 and r["fp32_ms"] > 0 and r["int8_ms"] > 0
         assert r["speedup"] == pytest.approx(r["fp32_ms"] / r["int8_ms"])
     md = (tmp_path / "abl" / "ablation.md").read_text()
-    assert "| add |" in md and "| se@late |" in md
+    assert "| add |" in md and "| se@late |" in md and "fp32 vs add (95% CI)" in md
     assert json.loads((tmp_path / "abl" / "ablation.json").read_text())["rows"][0]["variant"] == "add"
     assert "<svg" in (tmp_path / "abl" / "ablation.html").read_text()
     with pytest.raises(UsageError, match="--force"):

@@ -8,6 +8,7 @@ import numpy as np
 
 from edgefuse._files import write_json_atomic, write_text_atomic
 from edgefuse.checkpoint import load_checkpoint
+from edgefuse.data import ImageDataset, load_data
 from edgefuse.errors import UsageError
 from edgefuse.pipeline.export import ExportRequest, run_export
 from edgefuse.pipeline.train import check_model_args, train_model
@@ -16,7 +17,9 @@ from edgefuse.reports.ablation import ablation_html, ablation_markdown
 from edgefuse.runtimes import OrtModel
 from edgefuse.training import count_macs, count_params
 from edgefuse.validate import Budgets
+from edgefuse.validate.core import stream_logits
 from edgefuse.validate.latency import interleaved_latency
+from edgefuse.validate.stats import bootstrap_drop_ci
 
 
 def ablate_models(
@@ -78,6 +81,8 @@ def ablate_models(
             "drop_ci95": list(r.drop_ci) if r.drop_ci else None, "agreement": r.agreement,
             "int8_bytes": r.int8.bytes, "samples": r.data.get("samples"),
         })
+    # every variant was trained on the same data at the same size: one contract prepares the test images for all
+    _compare_with_first(rows, files, load_data(data, seed=seed).test, loaded.contract, seed)
     sessions = {(v, p): OrtModel(f, threads) for v, pair in files.items() for p, f in zip(("fp32", "int8"), pair)}
     shape = [d if isinstance(d, int) else 1 for d in next(iter(sessions.values())).input_shape]
     x1 = np.random.default_rng(seed).random(shape, dtype=np.float32)
@@ -86,7 +91,7 @@ def ablate_models(
         f, q = lat[(row["variant"], "fp32")], lat[(row["variant"], "int8")]
         row.update({"fp32_ms": f["median_ms"], "int8_ms": q["median_ms"], "fp32_p90_ms": f["p90_ms"],
                     "int8_p90_ms": q["p90_ms"], "speedup": f["median_ms"] / q["median_ms"]})
-    result = {"schema": "edgefuse.ablation", "schema_version": 1, "model": model, "data": data, "epochs": epochs,
+    result = {"schema": "edgefuse.ablation", "schema_version": 2, "model": model, "data": data, "epochs": epochs,
               "width": width, "input_size": input_size, "seed": seed, "threads": threads, "runs": runs, "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "ablation.json", result)
@@ -94,3 +99,23 @@ def ablate_models(
     write_text_atomic(out / "ablation.html", ablation_html(result))
     result["files"] = {k: str(out / f"ablation.{k}") for k in ("json", "md", "html")}
     return result
+
+
+def _compare_with_first(rows: list[dict], files: dict[str, tuple], test, contract, seed: int) -> None:
+    """Each variant's fp32 and int8 top-1 against the first variant's (the baseline, ``add`` by default) on the
+    same test images: the difference in pp with its paired 95 % bootstrap interval (resampling images, both
+    models seeing the same resample). Two models trained apart differ by noise too; this interval is what a
+    fusion's gain has to clear."""
+    ds = ImageDataset(test, contract)
+    right = {}
+    for v, pair in files.items():
+        logits, labels = stream_logits([OrtModel(f) for f in pair], ds)
+        right[v] = [lg.argmax(1) == labels for lg in logits]
+    base = rows[0]["variant"]
+    for row in rows:
+        for i, kind in enumerate(("fp32", "int8")):
+            a, b = right[base][i], right[row["variant"]][i]
+            lo, hi = bootstrap_drop_ci(a, b, seed=seed)  # "drop" from the baseline to this variant
+            row[f"{kind}_vs_baseline_pp"] = round(100 * float(b.mean() - a.mean()), 3)
+            row[f"{kind}_vs_baseline_ci95"] = [round(-hi, 3), round(-lo, 3)]
+        row["baseline"] = base

@@ -14,12 +14,30 @@ def ablation_markdown(result: dict) -> str:
              f"(medians).", "",
              "| fusion | params | MMACs | fp32 top-1 | int8 top-1 | drop (95% CI) | fp32 ms | int8 ms | int8 speed-up |",
              "|---|---|---|---|---|---|---|---|---|"]
+    paired = bool(result["rows"]) and "fp32_vs_baseline_pp" in result["rows"][0]  # schema 2
+    if paired:
+        base = result["rows"][0]["baseline"]
+        lines[-2] = lines[-2][:-1] + f" fp32 vs {base} (95% CI) | int8 vs {base} (95% CI) |"
+        lines[-1] += "---|---|"
     for r in result["rows"]:
         ci = f" ({r['drop_ci95'][0]:+.2f} … {r['drop_ci95'][1]:+.2f})" if r.get("drop_ci95") else ""
-        lines.append(f"| {r['variant']} | {r['params'] / 1e3:.1f} k | {r['macs'] / 1e6:.2f} | {100 * r['fp32_top1']:.2f}% | "
-                     f"{100 * r['int8_top1']:.2f}% | {r['drop_pp']:+.2f} pp{ci} | {r['fp32_ms']:.3f} | "
-                     f"{r['int8_ms']:.3f} | {r['speedup']:.2f}× |")
+        line = (f"| {r['variant']} | {r['params'] / 1e3:.1f} k | {r['macs'] / 1e6:.2f} | {100 * r['fp32_top1']:.2f}% | "
+                f"{100 * r['int8_top1']:.2f}% | {r['drop_pp']:+.2f} pp{ci} | {r['fp32_ms']:.3f} | "
+                f"{r['int8_ms']:.3f} | {r['speedup']:.2f}× |")
+        if paired:
+            line += "".join(f" {_vs(r, kind)} |" for kind in ("fp32", "int8"))
+        lines.append(line)
+    if paired:
+        lines += ["", f"The last two columns: the difference from {base} on the same test images, with its paired "
+                      "95% bootstrap interval; a fusion beats it only where the interval excludes 0."]
     return "\n".join(lines) + "\n"
+
+
+def _vs(row: dict, kind: str) -> str:
+    if row["variant"] == row["baseline"]:
+        return "—"
+    lo, hi = row[f"{kind}_vs_baseline_ci95"]
+    return f"{row[f'{kind}_vs_baseline_pp']:+.2f} pp ({lo:+.2f} … {hi:+.2f})"
 
 
 def ablation_html(result: dict) -> str:

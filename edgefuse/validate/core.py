@@ -21,7 +21,7 @@ from edgefuse.validate.report import Budgets, ModelResult, ValidationReport, dro
 from edgefuse.validate.stats import bootstrap_drop_ci, compare_baseline, per_class_drops
 
 
-def _stream_logits(models: list[OrtModel], dataset, batch_size: int | None = None):
+def stream_logits(models: list[OrtModel], dataset, batch_size: int | None = None):
     """Run every model over the dataset in batches (memory bounded by one batch of inputs)."""
     batch_size = batch_size or eval_batch_size(dataset)
     outs = [[] for _ in models]
@@ -95,7 +95,7 @@ def validate_models(
     if dataset is not None:
         if len(dataset) == 0:
             raise DataError("the evaluation split is empty")
-        (lf, lq), labels = _stream_logits([fp32, int8], dataset)
+        (lf, lq), labels = stream_logits([fp32, int8], dataset)
         samples = len(labels)
         n_classes = lf.shape[1]
         if labels.max() >= n_classes:
