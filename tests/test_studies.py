@@ -29,7 +29,7 @@ def test_ablate_two_fusions_end_to_end(tmp_path):
         assert 0.3 < r["fp32_top1"] <= 1 and 0 <= r["int8_top1"] <= 1 and r["fp32_ms"] > 0 and r["int8_ms"] > 0
         assert r["speedup"] == pytest.approx(r["fp32_ms"] / r["int8_ms"])
     md = (tmp_path / "abl" / "ablation.md").read_text()
-    assert "| add |" in md and "| se@late |" in md and "fp32 vs add (95% CI)" in md
+    assert "| add |" in md and "| se@late |" in md and "| fp32 vs add (95% CI) |" in md
     assert json.loads((tmp_path / "abl" / "ablation.json").read_text())["rows"][0]["variant"] == "add"
     assert "<svg" in (tmp_path / "abl" / "ablation.html").read_text()
     with pytest.raises(UsageError, match="--force"):

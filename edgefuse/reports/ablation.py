@@ -17,7 +17,7 @@ def ablation_markdown(result: dict) -> str:
     paired = bool(result["rows"]) and "fp32_vs_baseline_pp" in result["rows"][0]  # schema 2
     if paired:
         base = result["rows"][0]["baseline"]
-        lines[-2] = lines[-2][:-1] + f" fp32 vs {base} (95% CI) | int8 vs {base} (95% CI) |"
+        lines[-2] += f" fp32 vs {base} (95% CI) | int8 vs {base} (95% CI) |"
         lines[-1] += "---|---|"
     for r in result["rows"]:
         ci = f" ({r['drop_ci95'][0]:+.2f} … {r['drop_ci95'][1]:+.2f})" if r.get("drop_ci95") else ""
