@@ -104,8 +104,8 @@ def ablate_models(
 def _compare_with_first(rows: list[dict], files: dict[str, tuple], test, contract, seed: int) -> None:
     """Each variant's fp32 and int8 top-1 against the first variant's (the baseline, ``add`` by default) on the
     same test images: the difference in pp with its paired 95 % bootstrap interval (resampling images, both
-    models seeing the same resample). Two models trained apart differ by noise too; this interval is what a
-    fusion's gain has to clear."""
+    models seeing the same resample). The interval covers the test set's sampling only: training noise (another
+    seed, another model) comes on top of it, so a gain should clear it on more than one ``--seed``."""
     ds = ImageDataset(test, contract)
     right = {}
     for v, pair in files.items():

@@ -29,7 +29,8 @@ def ablation_markdown(result: dict) -> str:
         lines.append(line)
     if paired:
         lines += ["", f"The last two columns: the difference from {base} on the same test images, with its paired "
-                      "95% bootstrap interval; a fusion beats it only where the interval excludes 0."]
+                      "95% bootstrap interval. It covers the test set's sampling, not training noise: a fusion beats "
+                      f"{base} where the interval excludes 0 with more than one --seed."]
     return "\n".join(lines) + "\n"
 
 
