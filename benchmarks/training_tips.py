@@ -110,7 +110,7 @@ def main() -> None:
             else:  # "drop" of this variant against the recipe: positive = the variant is better
                 lo, hi = bootstrap_drop_ci(recipe, right)
                 r.update(vs_recipe_pp=round(100 * (right.mean() - recipe.mean()), 3),
-                         vs_recipe_ci_pp=[round(-hi, 3), round(-lo, 3)])
+                         vs_recipe_ci_pp=[round(-hi, 3) + 0.0, round(-lo, 3) + 0.0])  # + 0.0: no "-0.00"
             rows.append(r)
             print(json.dumps(r), flush=True)
             if args.json:  # after every run: a long benchmark keeps what it measured
