@@ -88,18 +88,30 @@ def int8_metrics(fp32: np.ndarray, q8: np.ndarray, labels: np.ndarray, class_nam
             "worst_class": {"class": worst["class"], "drop_pp": round(worst["drop_pp"], 2)}}
 
 
-def table(rows: list[dict]) -> str:
-    out = ["| model | fusion | fp32 top-1 | PTQ top-1 | PTQ drop (95 % CI), pp | QAT top-1 | QAT drop (95 % CI), pp "
-           "| worst class, PTQ | agreement PTQ / QAT | SQNR PTQ / QAT, dB | train s |", "|" + "---|" * 11]
-    for r in rows:
-        p, q = r["ptq"], r["qat"]
-        out.append(
-            f"| {r['model']} | {r['fusion']} | {100 * r['fp32']:.2f} % | {100 * p['top1']:.2f} % "
-            f"| {p['drop_pp']:+.2f} ({p['drop_ci_pp'][0]:+.2f}, {p['drop_ci_pp'][1]:+.2f}) | {100 * q['top1']:.2f} % "
-            f"| {q['drop_pp']:+.2f} ({q['drop_ci_pp'][0]:+.2f}, {q['drop_ci_pp'][1]:+.2f}) "
+#: The PTQ and QAT columns every Fashion-MNIST accuracy table shares (see :func:`int8_cells`).
+INT8_HEADER = ("PTQ top-1 | PTQ drop (95 % CI), pp | QAT top-1 | QAT drop (95 % CI), pp | worst class, PTQ "
+               "| agreement PTQ / QAT | SQNR PTQ / QAT, dB")
+
+
+def int8_cells(r: dict) -> str:
+    """A row's PTQ and QAT cells, in :data:`INT8_HEADER`'s order."""
+    p, q = r["ptq"], r["qat"]
+    return (f"{100 * p['top1']:.2f} % | {p['drop_pp']:+.2f} ({p['drop_ci_pp'][0]:+.2f}, {p['drop_ci_pp'][1]:+.2f}) "
+            f"| {100 * q['top1']:.2f} % | {q['drop_pp']:+.2f} ({q['drop_ci_pp'][0]:+.2f}, {q['drop_ci_pp'][1]:+.2f}) "
             f"| {p['worst_class']['class']} {p['worst_class']['drop_pp']:+.1f} "
-            f"| {100 * p['agreement']:.2f} / {100 * q['agreement']:.2f} % | {p['sqnr_db']:.1f} / {q['sqnr_db']:.1f} "
-            f"| {r['train_s']:.0f} |")
+            f"| {100 * p['agreement']:.2f} / {100 * q['agreement']:.2f} % | {p['sqnr_db']:.1f} / {q['sqnr_db']:.1f}")
+
+
+def training_data(source: str, samples: int):
+    """``source``'s splits with the training split cut to its first ``samples`` images (test split whole)."""
+    data = load_data(source)
+    return replace(data, train=data.train.subset(range(min(samples, len(data.train)))))
+
+
+def table(rows: list[dict]) -> str:
+    out = [f"| model | fusion | fp32 top-1 | {INT8_HEADER} | train s |", "|" + "---|" * 11]
+    for r in rows:
+        out.append(f"| {r['model']} | {r['fusion']} | {100 * r['fp32']:.2f} % | {int8_cells(r)} | {r['train_s']:.0f} |")
     return "\n".join(out)
 
 
@@ -114,8 +126,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(2)
-    data = load_data(args.data)
-    data = replace(data, train=data.train.subset(range(min(args.train_samples, len(data.train)))))
+    data = training_data(args.data, args.train_samples)
     mean, std = norm_stats(data.train, 1, 32)
     contract = PreprocessContract(32, 1, mean, std, data.class_names)
     work = Path(tempfile.mkdtemp(prefix="edgefuse-accuracy-"))

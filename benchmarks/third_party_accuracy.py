@@ -26,16 +26,15 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from accuracy import PTQ_TARGET, QAT_TARGET, int8_metrics, logits  # benchmarks/ is the script's folder
+from accuracy import INT8_HEADER, PTQ_TARGET, QAT_TARGET, int8_cells, int8_metrics, logits, training_data
 
 from edgefuse.api import export_model
-from edgefuse.data import ImageDataset, PreprocessContract, load_data, norm_stats
+from edgefuse.data import ImageDataset, PreprocessContract, norm_stats
 from edgefuse.export import export_artifacts
 from edgefuse.models.third_party import create_third_party
 from edgefuse.quantize import QATConfig, quantize_qat
@@ -107,18 +106,10 @@ def row(name: str, data, contract, args, work: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| model | fp32 top-1 | PTQ top-1 | PTQ drop (95 % CI), pp | QAT top-1 | QAT drop (95 % CI), pp "
-           "| worst class, PTQ | agreement PTQ / QAT | SQNR PTQ / QAT, dB | export gate | train / export / QAT s |",
-           "|" + "---|" * 11]
+    out = [f"| model | fp32 top-1 | {INT8_HEADER} | export gate | train / export / QAT s |", "|" + "---|" * 11]
     for r in rows:
-        p, q = r["ptq"], r["qat"]
-        out.append(
-            f"| {r['model']} | {100 * r['fp32']:.2f} % | {100 * p['top1']:.2f} % "
-            f"| {p['drop_pp']:+.2f} ({p['drop_ci_pp'][0]:+.2f}, {p['drop_ci_pp'][1]:+.2f}) | {100 * q['top1']:.2f} % "
-            f"| {q['drop_pp']:+.2f} ({q['drop_ci_pp'][0]:+.2f}, {q['drop_ci_pp'][1]:+.2f}) "
-            f"| {p['worst_class']['class']} {p['worst_class']['drop_pp']:+.1f} "
-            f"| {100 * p['agreement']:.2f} / {100 * q['agreement']:.2f} % | {p['sqnr_db']:.1f} / {q['sqnr_db']:.1f} "
-            f"| {r['export_verdict']} | {r['train_s']:.0f} / {r['export_s']:.0f} / {r['qat_s']:.0f} |")
+        out.append(f"| {r['model']} | {100 * r['fp32']:.2f} % | {int8_cells(r)} | {r['export_verdict']} "
+                   f"| {r['train_s']:.0f} / {r['export_s']:.0f} / {r['qat_s']:.0f} |")
     return "\n".join(out)
 
 
@@ -135,8 +126,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    data = load_data(args.data)
-    data = replace(data, train=data.train.subset(range(min(args.train_samples, len(data.train)))))
+    data = training_data(args.data, args.train_samples)
     mean, std = norm_stats(data.train, 3, args.size)
     contract = PreprocessContract(args.size, 3, mean, std, data.class_names)
     work = Path(tempfile.mkdtemp(prefix="edgefuse-third-party-accuracy-"))

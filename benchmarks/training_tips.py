@@ -23,14 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from edgefuse.data import ImageDataset, PreprocessContract, load_data, norm_stats
+from accuracy import training_data  # benchmarks/ is the script's folder
+
+from edgefuse.data import ImageDataset, PreprocessContract, norm_stats
 from edgefuse.models import create_model
 from edgefuse.training import TrainConfig, gate_flags, predict, train
 from edgefuse.validate import cpu_name
@@ -96,8 +97,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    data = load_data(args.data)
-    data = replace(data, train=data.train.subset(range(min(args.train_samples, len(data.train)))))
+    data = training_data(args.data, args.train_samples)
     mean, std = norm_stats(data.train, 1, 32)
     contract = PreprocessContract(32, 1, mean, std, data.class_names)
     rows: list[dict] = []
