@@ -1,4 +1,4 @@
-"""int8 forms for the activations onnxruntime runs in fp32 inside int8 graphs: hard-sigmoid, hard-swish, SiLU.
+"""int8 forms for the activations onnxruntime runs in fp32 inside int8 graphs: hard-sigmoid and hard-swish.
 
 MobileNetV3, LCNet, EfficientNet-lite-style blocks and their SE gates use ``hardsigmoid(x) = clip(a*x + b, 0, 1)``
 (PyTorch: a = 1/6, b = 1/2) and ``hardswish(x) = x * hardsigmoid(x)`` (Howard et al. 2019, "Searching for
@@ -15,9 +15,9 @@ Both are affine maps followed by a clip, and a QuantizeLinear already is an affi
 - ``hardswish(x) = x * hardsigmoid(x)``: the hard-sigmoid as above, quantized to the full [0, 1] range
   (step 1/255: an error of at most 1/510 of ``x``), then an int8 ``QLinearMul`` with ``x``.
 
-- ``silu(x) = x * sigmoid(x)`` (EfficientNet's Swish; Ramachandran et al. 2017): exported as Sigmoid and
-  Mul with no quantized tensor between them, so both run in fp32. Quantizing the sigmoid to [0, 1] (step
-  1/255, the same bound as above) lets onnxruntime run ``QLinearSigmoid`` (a lookup table) and ``QLinearMul``.
+SiLU is not rewritten here: the quantizer decomposes it into ``x * sigmoid(x)`` (see
+:func:`edgefuse.quantize.quantizer.decompose_silu`), so the program itself quantizes the sigmoid and the file
+computes what the program does.
 
 The rewrite is applied to QDQ int8 graphs only (the fp32 file keeps the original ops).
 """
@@ -52,24 +52,6 @@ def _unit_grid(dtype) -> tuple[float, int]:
     return 1.0 / (int(info.max) - int(info.min)), int(info.min)
 
 
-def _silu_sigmoid(n, producer: dict, consumers: dict, inits: dict) -> bool:
-    """``n`` is the sigmoid of a SiLU between int8 tensors: DQ(x) -> Sigmoid -> Mul(DQ(x), .) -> Q."""
-    dq = producer.get(n.input[0])
-    readers = consumers.get(n.output[0], [])
-    if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) != 3 or len(readers) != 1:
-        return False
-    if _scalar(inits, dq.input[1]) is None or _scalar(inits, dq.input[2]) is None:
-        return False
-    mul = readers[0]
-    if mul.op_type != "Mul" or len(mul.input) != 2:
-        return False
-    other = producer.get(mul.input[1] if mul.input[0] == n.output[0] else mul.input[0])
-    if other is None or other.op_type != "DequantizeLinear" or other.input[0] != dq.input[0]:
-        return False
-    q = consumers.get(mul.output[0], [])
-    return len(q) == 1 and q[0].op_type == "QuantizeLinear"
-
-
 def int8_hard_activations(model: onnx.ModelProto) -> dict[str, int]:
     """Rewrite ``HardSigmoid`` and ``HardSwish`` between int8 tensors as ``Add``/``Mul`` that onnxruntime runs
     as ``QLinearAdd``/``QLinearMul`` (see the module docstring for the arithmetic).
@@ -77,11 +59,9 @@ def int8_hard_activations(model: onnx.ModelProto) -> dict[str, int]:
     A node is rewritten when its input comes from a per-tensor ``DequantizeLinear`` and its output goes to
     exactly one ``QuantizeLinear`` (an int8 consumer); others are left as they are.
 
-    A SiLU (``Sigmoid`` whose only reader is a ``Mul`` with the sigmoid's own input, both read from one
-    quantized tensor, the product quantized) gets its sigmoid quantized.
 
     Returns:
-        ``{"hardsigmoid": n, "hardswish": m, "silu": k}``: the nodes rewritten.
+        ``{"hardsigmoid": n, "hardswish": m}``: the nodes rewritten.
     """
     g = model.graph
     inits = {t.name: t for t in g.initializer}
@@ -102,7 +82,7 @@ def int8_hard_activations(model: onnx.ModelProto) -> dict[str, int]:
         added.append(t)
         return t.name
 
-    counts = {"hardsigmoid": 0, "hardswish": 0, "silu": 0}
+    counts = {"hardsigmoid": 0, "hardswish": 0}
     out: list[onnx.NodeProto] = []
 
     def emit(source, op, inputs, outputs, suffix):
@@ -113,17 +93,6 @@ def int8_hard_activations(model: onnx.ModelProto) -> dict[str, int]:
 
     for n in g.node:
         base = n.name or n.output[0]
-        if n.op_type == "Sigmoid" and _silu_sigmoid(n, producer, consumers, inits):
-            zp = _scalar(inits, producer[n.input[0]].input[2])
-            s_o, z_o = _unit_grid(zp.dtype)
-            scale, zero = const(s_o, np.float32, base + "_scale"), const(z_o, zp.dtype.type, base + "_zp")
-            out.append(n)
-            q_out = emit(n, "QuantizeLinear", [n.output[0], scale, zero], [fresh(base + "_q")], "QuantizeLinear")
-            gate = emit(n, "DequantizeLinear", [q_out, scale, zero], [fresh(base + "_gate")], "DequantizeLinear")
-            mul = consumers[n.output[0]][0]
-            mul.input[list(mul.input).index(n.output[0])] = gate
-            counts["silu"] += 1
-            continue
         if n.op_type not in ("HardSigmoid", "HardSwish"):
             out.append(n)
             continue

@@ -47,7 +47,7 @@ def test_hard_sigmoid_gate_is_the_same_quantized_arithmetic(dtype, z_x, z_gate):
     before = _qdq_graph("HardSigmoid", dtype, s_x, z_x, s_o, z_gate, alpha=1 / 6, beta=0.5)
     after = onnx.ModelProto()
     after.CopyFrom(before)
-    assert int8_hard_activations(after) == {"hardsigmoid": 1, "hardswish": 0, "silu": 0}
+    assert int8_hard_activations(after) == {"hardsigmoid": 1, "hardswish": 0}
     onnx.checker.check_model(after)
     assert "HardSigmoid" not in {n.op_type for n in after.graph.node}
     y0, y1 = _run(before, X), _run(after, X)
@@ -64,7 +64,7 @@ def test_hard_swish_error_is_bounded_by_the_gate_step(dtype, z_x, z_o):
     before = _qdq_graph("HardSwish", dtype, s_x, z_x, s_o, z_o)
     after = onnx.ModelProto()
     after.CopyFrom(before)
-    assert int8_hard_activations(after) == {"hardsigmoid": 0, "hardswish": 1, "silu": 0}
+    assert int8_hard_activations(after) == {"hardsigmoid": 0, "hardswish": 1}
     onnx.checker.check_model(after)
     y0, y1 = _run(before, X), _run(after, X)
     xq = np.clip(np.round(X / s_x) + z_x, -128 if dtype == TensorProto.INT8 else 0,
@@ -80,7 +80,7 @@ def test_nodes_without_int8_neighbours_are_left_alone():
     m = _qdq_graph("HardSwish", TensorProto.UINT8, 0.1, 128, 0.05, 10)
     m.graph.node[3].op_type = "Identity"  # the activation's output is no longer quantized
     del m.graph.node[3].input[1:]
-    assert int8_hard_activations(m) == {"hardsigmoid": 0, "hardswish": 0, "silu": 0}
+    assert int8_hard_activations(m) == {"hardsigmoid": 0, "hardswish": 0}
 
 
 def test_mobilenetv3_hard_swish_runs_on_int8_kernels(tmp_path):
@@ -103,33 +103,56 @@ def test_mobilenetv3_hard_swish_runs_on_int8_kernels(tmp_path):
     assert (ref.argmax(1) == got.argmax(1)).mean() >= 0.99  # the file still computes its program
 
 
-def _silu_graph(s_x: float, z_x: int, s_o: float, z_o: int) -> onnx.ModelProto:
-    """x -> Q -> two DQ -> Sigmoid(dq1) * dq2 -> Q/DQ: SiLU as the exporter writes it."""
-    inits = [numpy_helper.from_array(np.float32(s_x), "sx"), numpy_helper.from_array(np.uint8(z_x), "zx"),
-             numpy_helper.from_array(np.float32(s_o), "so"), numpy_helper.from_array(np.uint8(z_o), "zo")]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
-             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd1"]),
-             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd2"]),
-             helper.make_node("Sigmoid", ["xd1"], ["sig"]),
-             helper.make_node("Mul", ["xd2", "sig"], ["a"]),
-             helper.make_node("QuantizeLinear", ["a", "so", "zo"], ["aq"]),
-             helper.make_node("DequantizeLinear", ["aq", "so", "zo"], ["y"])]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 64, 64])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 64, 64])], inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+class _SiLUNet(torch.nn.Module):
+    """EfficientNet-style: conv -> BN -> in-place SiLU, a second SiLU, then a pooled head."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn, self.c2 = torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.Conv2d(16, 16, 1)
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.silu(self.bn(self.c1(x)), inplace=True)
+        x = torch.nn.functional.silu(self.c2(x))
+        return self.fc(x.mean((2, 3)))
 
 
-def test_silu_gets_an_int8_sigmoid_with_a_bounded_error(tmp_path):
-    s_x, z_x, s_o, z_o = 16 / 255, 128, 8.3 / 255, 4
-    before = _silu_graph(s_x, z_x, s_o, z_o)
-    after = onnx.ModelProto()
-    after.CopyFrom(before)
-    assert int8_hard_activations(after) == {"hardsigmoid": 0, "hardswish": 0, "silu": 1}
-    onnx.checker.check_model(after)
-    y0, y1 = _run(before, X), _run(after, X)
-    xd = (np.clip(np.round(X / s_x) + z_x, 0, 255) - z_x) * s_x
-    assert np.all(np.abs(y1 - y0) <= np.abs(xd) / 510 + s_o * 1.001)  # the sigmoid's step 1/255, then rounding
-    onnx.save(after, str(tmp_path / "silu.onnx"))
-    rep = diagnose(tmp_path / "silu.onnx", runs=2)
-    assert {"QLinearSigmoid", "QLinearMul"} <= set(rep.op_counts) and "Sigmoid" not in rep.op_counts, rep.op_counts
+def test_silu_is_quantized_in_the_program_and_the_file_computes_it(tmp_path):
+    # The quantizer splits SiLU into x * sigmoid(x): onnxruntime runs QLinearSigmoid and QLinearMul, and the
+    # file's logits are the program's (an ONNX-only rewrite once quantized the sigmoid in the file alone)
+    torch.manual_seed(0)
+    model = _SiLUNet().eval()
+    with torch.no_grad():  # batch-norm statistics that are not the identity
+        model.bn.running_mean.uniform_(-1, 1), model.bn.running_var.uniform_(0.5, 2)
+    contract = PreprocessContract(16, 3, [0.5] * 3, [0.25] * 3)
+    xs = [torch.randn(3, 16, 16) for _ in range(64)]
+    q = quantize_ptq(model, TensorBatches(xs, 64, 16))
+    targets = [n.target for n in q.program.graph.nodes if n.op == "call_function"]
+    assert torch.ops.aten.silu.default not in targets and torch.ops.aten.silu_.default not in targets
+    assert targets.count(torch.ops.aten.sigmoid.default) == 2
+    res = export_artifacts(model, contract, tmp_path, quantized=q, formats=("onnx",))
+    rep = diagnose(res.path("onnx", "int8"), runs=2)
+    assert rep.op_counts.get("QLinearSigmoid", 0) == 2 and "Sigmoid" not in rep.op_counts, rep.op_counts
+    x = torch.stack(xs)
+    with torch.no_grad():
+        ref = q.program(x).numpy()
+    got = OrtModel(res.path("onnx", "int8")).run(x.numpy())
+    step = np.abs(ref).max() / 127  # about one step of the logits' int8 grid
+    assert np.abs(got - ref).max() <= step and (ref.argmax(1) == got.argmax(1)).all()
 
+
+def test_in_place_silu_with_another_reader_is_left_alone():
+    from edgefuse.quantize.quantizer import decompose_silu
+
+    class Shared(torch.nn.Module):
+        def forward(self, x):
+            y = x * 2
+            a = y + 1
+            torch.nn.functional.silu(y, inplace=True)
+            return y * a
+
+    x = torch.randn(2, 3, 4, 4)
+    gm = torch.export.export(Shared(), (x.clone(),)).module()
+    out = decompose_silu(gm)
+    assert torch.ops.aten.silu_.default in [n.target for n in out.graph.nodes]
+    assert torch.equal(out(x.clone()), Shared()(x.clone()))
