@@ -135,18 +135,28 @@ def main() -> None:
         name, fusion = spec.split("/")
         rows.append(row(name, fusion, data, contract, args, work))
         print(json.dumps(rows[-1]), flush=True)
-        if args.json:  # after every row: a long run keeps what it measured
-            args.json.write_text(json.dumps({
-                "cpu": cpu_name(), "data": data.source, "fingerprint": data.fingerprint, "input_size": 32,
-                "train_samples": len(data.train), "epochs": args.epochs, "qat_epochs": args.qat_epochs,
-                "qat_samples": args.qat_samples, "test_samples": len(data.test),
-                "targets_pp": {"ptq": PTQ_TARGET, "qat": QAT_TARGET}, "rows": rows}, indent=2))
+        save_rows(args, data, 32, rows)  # after every row: a long run keeps what it measured
     print(f"\n{data.source}: {len(data.train)} training images, {args.epochs} epochs at 32x32; "
           f"{len(data.test)} test images; onnxruntime; CPU {cpu_name()}\n")
     print(table(rows))
-    missed = [f"{r['model']}/{r['fusion']} {tag} {r[tag]['drop_pp']:+.2f} pp" for r in rows
+    print(targets_line([(f"{r['model']}/{r['fusion']}", r) for r in rows]))
+
+
+def save_rows(args, data, input_size: int, rows: list[dict]) -> None:
+    """The rows so far, with the run's settings, as ``--json`` (when given)."""
+    if args.json:
+        args.json.write_text(json.dumps({
+            "cpu": cpu_name(), "data": data.source, "fingerprint": data.fingerprint, "input_size": input_size,
+            "train_samples": len(data.train), "epochs": args.epochs, "qat_epochs": args.qat_epochs,
+            "qat_samples": args.qat_samples, "test_samples": len(data.test),
+            "targets_pp": {"ptq": PTQ_TARGET, "qat": QAT_TARGET}, "rows": rows}, indent=2))
+
+
+def targets_line(named_rows: list[tuple[str, dict]]) -> str:
+    """Whether every row's PTQ and QAT drop is within the issue's targets, naming the misses."""
+    missed = [f"{name} {tag} {r[tag]['drop_pp']:+.2f} pp" for name, r in named_rows
               for tag, limit in (("ptq", PTQ_TARGET), ("qat", QAT_TARGET)) if r[tag]["drop_pp"] > limit]
-    print("\ntargets (PTQ <= 0.5 pp, QAT <= 0.2 pp): " + ("all met" if not missed else "missed: " + "; ".join(missed)))
+    return "\ntargets (PTQ <= 0.5 pp, QAT <= 0.2 pp): " + ("all met" if not missed else "missed: " + "; ".join(missed))
 
 
 if __name__ == "__main__":

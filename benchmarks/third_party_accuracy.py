@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from accuracy import INT8_HEADER, PTQ_TARGET, QAT_TARGET, int8_cells, int8_metrics, logits, training_data
+from accuracy import INT8_HEADER, int8_cells, int8_metrics, logits, save_rows, targets_line, training_data
 
 from edgefuse.api import export_model
 from edgefuse.data import ImageDataset, PreprocessContract, norm_stats
@@ -134,18 +134,11 @@ def main() -> None:
     for name in args.rows.split(","):
         rows.append(row(name, data, contract, args, work))
         print(json.dumps(rows[-1]), flush=True)
-        if args.json:  # after every row: a long run keeps what it measured
-            args.json.write_text(json.dumps({
-                "cpu": cpu_name(), "data": data.source, "fingerprint": data.fingerprint, "input_size": args.size,
-                "train_samples": len(data.train), "epochs": args.epochs, "qat_epochs": args.qat_epochs,
-                "qat_samples": args.qat_samples, "test_samples": len(data.test),
-                "targets_pp": {"ptq": PTQ_TARGET, "qat": QAT_TARGET}, "rows": rows}, indent=2))
+        save_rows(args, data, args.size, rows)  # after every row: a long run keeps what it measured
     print(f"\n{data.source}: {len(data.train)} training images, {args.epochs} epochs at {args.size}x{args.size} "
           f"(RGB); {len(data.test)} test images; onnxruntime; CPU {cpu_name()}\n")
     print(table(rows))
-    missed = [f"{r['model']} {tag} {r[tag]['drop_pp']:+.2f} pp" for r in rows
-              for tag, limit in (("ptq", PTQ_TARGET), ("qat", QAT_TARGET)) if r[tag]["drop_pp"] > limit]
-    print("\ntargets (PTQ <= 0.5 pp, QAT <= 0.2 pp): " + ("all met" if not missed else "missed: " + "; ".join(missed)))
+    print(targets_line([(r["model"], r) for r in rows]))
 
 
 if __name__ == "__main__":
