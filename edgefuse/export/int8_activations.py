@@ -59,7 +59,6 @@ def int8_hard_activations(model: onnx.ModelProto) -> dict[str, int]:
     A node is rewritten when its input comes from a per-tensor ``DequantizeLinear`` and its output goes to
     exactly one ``QuantizeLinear`` (an int8 consumer); others are left as they are.
 
-
     Returns:
         ``{"hardsigmoid": n, "hardswish": m}``: the nodes rewritten.
     """
