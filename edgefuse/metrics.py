@@ -6,7 +6,9 @@ import numpy as np
 
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
-    top = np.argsort(-logits, axis=1)[:, :k]
+    # A stable sort breaks ties as argmax does (first index): int8 logits tie often, and an unstable sort
+    # made top-1 disagree with the argmax-based drop interval and agreement by an image now and then.
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
     return float((top == labels[:, None]).any(axis=1).mean())
 
 
