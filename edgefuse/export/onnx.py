@@ -11,7 +11,7 @@ from torch import nn
 
 from edgefuse._quiet import quiet
 from edgefuse.errors import ExportError, UnsupportedModelError, UsageError
-from edgefuse.export.inplace import functionalize_inplace
+from edgefuse._inplace import functionalize_inplace
 from edgefuse.limits import MAX_BATCH, MAX_OPSET, MIN_OPSET
 
 #: The ONNX opset edgefuse exports (onnxruntime 1.32 runs it; QDQ needs >= 13).
@@ -72,7 +72,7 @@ def export_onnx(
 
 def _functional_program(model: nn.Module, example_inputs: tuple, dynamic_shapes):
     """``model`` as an ExportedProgram whose unobservable in-place activations are out of place (see
-    :mod:`edgefuse.export.inplace`: the exporter decomposes ``hardswish_`` & co. at ~0.1 s each under a symbolic
+    :mod:`edgefuse._inplace`: the exporter decomposes ``hardswish_`` & co. at ~0.1 s each under a symbolic
     batch). A model ``torch.export`` cannot take goes to the ONNX exporter as it is: its own fallback
     strategies apply, as before."""
     try:

@@ -6,10 +6,11 @@ It annotates the aten graph that ``torch.export`` produces:
   scale = input scale x weight scale (so onnxruntime can fuse QLinearConv), quantized output
   unless a ReLU follows (then the ReLU's output is quantized and the ReLU folds into the range);
 * gates (sigmoid, hard-sigmoid): output pinned to scale 1/256, zero point 0 -- the [0, 1] range
-  a gate always has -- instead of a calibrated range that may miss the ends; SiLU is decomposed into
-  ``x * sigmoid(x)`` first, so its sigmoid is such a gate and the product an int8 multiply;
-* add, sub, mul (the SE/CBAM scaling and the EfficientAttention merge), mean pooling, hard-swish:
-  quantized inputs and output;
+  a gate always has -- instead of a calibrated range that may miss the ends; SiLU and hard-swish are
+  decomposed into ``x * sigmoid(x)`` / ``x * hardsigmoid(x)`` first, so their gate is such a gate and the
+  product an int8 multiply;
+* add, sub, mul (the SE/CBAM scaling and the EfficientAttention merge), mean pooling: quantized inputs
+  and output;
 * cat, max-pool, amax, nearest upsampling, reshapes: output shares the input's parameters, so no
   requantization happens around them.
 
@@ -26,6 +27,7 @@ import re
 import torch
 from torch.fx import Node
 
+from edgefuse._inplace import functionalize_inplace
 from edgefuse._quiet import import_pt2e
 from edgefuse.quantize.config import QuantConfig
 
@@ -59,7 +61,7 @@ RELU = {aten.relu.default, aten.relu_.default}
 GATES = {aten.sigmoid.default, aten.hardsigmoid.default}
 BINARY = {aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.rsub.Scalar}
 # Ops whose output is quantized with their own observer.
-OWN_OUTPUT = {aten.mean.dim, aten.hardswish.default, aten.adaptive_avg_pool2d.default}
+OWN_OUTPUT = {aten.mean.dim, aten.adaptive_avg_pool2d.default}
 # Ops that only move or select values: output shares the (first) input's quantization parameters.
 SHARED = {
     aten.cat.default, aten.amax.default, aten.max_pool2d.default, aten.upsample_nearest2d.vec,
@@ -104,36 +106,42 @@ def unshare_params(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return model
 
 
-def _fresh_single_use(x) -> bool:
-    """``x`` is an op's own new tensor (no alias of an input or view) read only once: an in-place op on it can
-    become out of place without anyone seeing the difference."""
-    schema = getattr(getattr(x, "target", None), "_schema", None)
-    return (isinstance(x, Node) and x.op == "call_function" and len(x.users) == 1 and schema is not None
-            and all(r.alias_info is None for r in schema.returns))
+#: Set on the hard-sigmoid that :func:`decompose_activations` splits out of a hard-swish: its gate grid is
+#: [0, 1] exactly (step 1/255), so that ``x * gate`` is ``x`` itself wherever ``x >= 3``.
+UNIT_GATE = "edgefuse_unit_gate"
 
 
-def decompose_silu(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """``silu(x)`` -> ``x * sigmoid(x)`` (EfficientNet's Swish; Ramachandran et al. 2017), so the sigmoid is
-    annotated as a gate (fixed [0, 1] range) and the product as an int8 multiply.
+def decompose_activations(model: torch.fx.GraphModule, keep=lambda node: False) -> torch.fx.GraphModule:
+    """Split the activations onnxruntime has no int8 kernel for into a gate and an int8 multiply, in the program:
 
-    onnxruntime then runs QLinearSigmoid (a lookup table) and QLinearMul instead of an fp32 SiLU island,
-    and the quantized program computes exactly what the ONNX file does. (An earlier ONNX-only rewrite
-    quantized the sigmoid in the file but not in the program: on a trained EfficientNet-B0 the file then
-    agreed with its program on 89 % of Fashion-MNIST test images, and the gate refused it.)
-    An in-place ``silu_`` is decomposed only where nothing else reads its input.
+    * ``silu(x)`` -> ``x * sigmoid(x)`` (EfficientNet's Swish; Ramachandran et al. 2017): onnxruntime runs
+      QLinearSigmoid (a lookup table) and QLinearMul;
+    * ``hardswish(x)`` -> ``x * hardsigmoid(x)`` (MobileNetV3; Howard et al. 2019): the hard-sigmoid, on the
+      exact [0, 1] grid (:data:`UNIT_GATE`), becomes QLinearAdd in the ONNX file
+      (:func:`edgefuse.export.int8_activations.int8_hard_activations`), the product QLinearMul.
+
+    The sigmoid is then annotated as a gate (fixed [0, 1] range) and the product as an int8 multiply, so the
+    quantized program computes what the ONNX file computes. (An earlier ONNX-only rewrite quantized the gate
+    in the file but not in the program: on a trained EfficientNet-B0 the file then agreed with its program on
+    89 % of Fashion-MNIST test images, and the gate refused it.) In-place forms are left alone (run
+    :func:`edgefuse._inplace.functionalize_inplace` first), and so is any node ``keep(node)`` is true for
+    (a module excluded from quantization keeps its original op).
     """
     graph = model.graph
+    split = {aten.silu.default: aten.sigmoid.default, aten.hardswish.default: aten.hardsigmoid.default}
     changed = False
     for node in list(graph.nodes):
-        if node.op != "call_function" or node.target not in (aten.silu.default, aten.silu_.default):
+        if node.op != "call_function" or node.target not in split or keep(node):
             continue
         x = node.args[0]
-        if not isinstance(x, Node) or (node.target is aten.silu_.default and not _fresh_single_use(x)):
+        if not isinstance(x, Node):
             continue
         with graph.inserting_before(node):
-            sig = graph.call_function(aten.sigmoid.default, (x,))
-            mul = graph.call_function(aten.mul.Tensor, (x, sig))
-        sig.meta, mul.meta = dict(node.meta), dict(node.meta)  # same shape; module path for --exclude
+            gate = graph.call_function(split[node.target], (x,))
+            mul = graph.call_function(aten.mul.Tensor, (x, gate))
+        gate.meta, mul.meta = dict(node.meta), dict(node.meta)  # same shape; module path for --exclude
+        if node.target is aten.hardswish.default:
+            gate.meta[UNIT_GATE] = True
         node.replace_all_uses_with(mul)
         graph.erase_node(node)
         changed = True
@@ -192,12 +200,13 @@ class EdgefuseQuantizer(Quantizer):
             self.weight = QuantizationSpec(dtype=torch.int8, quant_min=-wmax, quant_max=wmax,
                                            qscheme=torch.per_tensor_symmetric, is_dynamic=False,
                                            observer_or_fake_quant_ctr=w_ctr)
-        # Gates live in [0, 1]: 256 levels of 1/256 (uint8) or zero point -128 (int8).
-        self.gate = FixedQParamsQuantizationSpec(
-            dtype=dtype, scale=1.0 / 256.0, zero_point=0 if dtype == torch.uint8 else -128,
+        # Gates live in [0, 1]: 256 levels of 1/256 (uint8) or zero point -128 (int8). The gate inside a
+        # hard-swish reaches 1 on every x >= 3, so it gets steps of 1/255, whose top code is 1 exactly.
+        self.gate, self.unit_gate = (FixedQParamsQuantizationSpec(
+            dtype=dtype, scale=scale, zero_point=0 if dtype == torch.uint8 else -128,
             quant_min=0 if dtype == torch.uint8 else -128, quant_max=255 if dtype == torch.uint8 else 127,
             qscheme=torch.per_tensor_affine,
-        )
+        ) for scale in (1.0 / 256.0, 1.0 / 255.0))
 
     # -- helpers ---------------------------------------------------------------------------
     def _excluded(self, node: Node) -> bool:
@@ -235,7 +244,10 @@ class EdgefuseQuantizer(Quantizer):
 
     # -- Quantizer API ---------------------------------------------------------------------
     def transform_for_annotation(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
-        return decompose_silu(unshare_params(model))
+        # torchvision/timm write activations and residual adds in place (hardswish_, silu_, add_): the rules
+        # below are for the out-of-place ops, which compute the same values where no one sees the mutation.
+        model, _ = functionalize_inplace(unshare_params(model), copy_first=False)
+        return decompose_activations(model, keep=self._excluded)
 
     def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
         for node in model.graph.nodes:
@@ -248,8 +260,9 @@ class EdgefuseQuantizer(Quantizer):
                 self._annotate_conv(node)
             elif t in GATES:
                 a = node.args[0]
+                gate = self.unit_gate if node.meta.get(UNIT_GATE) else self.gate
                 self._mark(node, {a: self._in_spec(a)} if isinstance(a, Node) else {},
-                           self.gate if self.config.fixed_gate_qparams else self.act)
+                           gate if self.config.fixed_gate_qparams else self.act)
             elif t in BINARY:
                 ins = {a: self._in_spec(a) for a in node.args[:2] if isinstance(a, Node)}
                 if ins:

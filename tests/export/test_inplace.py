@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgefuse.export.inplace import functionalize_inplace
+from edgefuse._inplace import functionalize_inplace
 
 
 class ConvBNHardswish(nn.Module):  # torchvision's Conv2dNormActivation with an in-place activation

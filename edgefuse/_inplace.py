@@ -1,10 +1,12 @@
-"""Out-of-place forms of in-place activations, for the exporters.
+"""Out-of-place forms of in-place activations, for the quantizer and the exporters.
 
 torchvision and timm write their activations in place (``nn.Hardswish(inplace=True)``, ``F.silu(x,
 inplace=True)``, ``out += identity``). The dynamo ONNX exporter keeps ``aten.hardswish`` as one ONNX node
 but has no entry for ``aten.hardswish_``, so it decomposes the in-place op through PyTorch's reference
 implementation -- with a symbolic batch, ~0.1-0.2 s of sympy shape reasoning per node: 4.4 s of a
-MobileNetV3-large export (21 of them), for the very same ``HardSwish`` node in the file.
+MobileNetV3-large export (21 of them), for the very same ``HardSwish`` node in the file. The quantizer's
+annotator knows the out-of-place ops only: an in-place ``hardswish_`` or ``add_`` was left unannotated, to be
+quantized -- or not -- by whatever the ONNX file made of it.
 
 :func:`functionalize_inplace` rewrites such a node into its out-of-place twin where nothing else can see the
 mutation: its input is a fresh tensor (not a view, not a graph input, parameter or buffer) whose only user is
