@@ -2,7 +2,7 @@
 
     sudo apt-get install dataset-fashion-mnist      # once: the data, from Debian (nothing is downloaded here)
     .venv/bin/python benchmarks/third_party_accuracy.py [--size 48] [--train-samples 6000] [--epochs 2] [--rows a,b]
-                                                        [--json out.json]
+                                                        [--json out.json] [--keep DIR]
 
 ``benchmarks/third_party.py`` measures the third-party matrix with random weights (batch-norm statistics from
 data), which shows whether an int8 file computes its program but not what int8 costs a *trained* network.
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -79,6 +80,9 @@ def row(name: str, data, contract, args, work: Path) -> dict:
     batch = torch.export.Dim("batch")
     torch.export.save(torch.export.export(model, (torch.stack([tr[0][0], tr[1][0]]),), dynamic_shapes=({0: batch},)),
                       d / "model.pt2")
+    if args.keep is not None:  # the trained network, for `edgefuse analyze` and other follow-ups
+        args.keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(d / "model.pt2", args.keep / f"{name}.pt2")
     t1 = time.perf_counter()
     ptq = export_model(d / "model.pt2", d / "ptq", calib=args.data, formats=("onnx",), force=True,
                        budgets=Budgets(max_latency_ratio=None),
@@ -124,6 +128,7 @@ def main() -> None:
     ap.add_argument("--data", default="fashion-mnist", help="named source or IDX folder")
     ap.add_argument("--threads", type=int, default=2, help="PyTorch threads")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--keep", type=Path, default=None, help="folder to keep each trained network in, as NAME.pt2")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = training_data(args.data, args.train_samples)

@@ -134,7 +134,7 @@ def evaluate(model: nn.Module, dataset, batch_size: int | None = None) -> float:
     return float((pred == labels).mean()) if len(labels) else 0.0
 
 
-#: A gate output this close to 0 or 1 counts as saturated (int8 gates step by 1/256: near the ends a gate is
+#: A gate output this close to 0 or 1 counts as saturated (int8 gates step by 2/511: near the ends a gate is
 #: a hard switch, and brittle).
 NEAR_END = 0.02
 #: A gate is flagged saturated when at least this share of its outputs is near an end ...
@@ -310,7 +310,7 @@ def gate_flags(stats: dict[str, dict], saturated: float = SATURATED_SHARE,
     """Flag gates from :class:`edgefuse.training.GateMonitor`-style statistics.
 
     ``saturated``: at least ``saturated`` of the outputs are within :data:`NEAR_END` of 0 or 1 (the gate is a hard
-    switch; 8-bit steps of 1/256 near the ends make it brittle). ``collapsed``: the standard deviation is
+    switch; 8-bit steps of 2/511 near the ends make it brittle). ``collapsed``: the standard deviation is
     below ``collapsed_std`` (the gate is a constant: it does no attention, only a fixed scale).
     """
     flags: dict[str, list[str]] = {}

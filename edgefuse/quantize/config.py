@@ -23,7 +23,8 @@ class QuantConfig:
         calib_samples: number of calibration images.
         calib_batch_size: images per calibration forward pass.
         fixed_gate_qparams: gate outputs (sigmoid, hard-sigmoid; always in [0, 1]) get the fixed
-            scale 1/256 and zero point 0 instead of calibrated ones.
+            scale 2/511 (1/255 inside a hard-swish) and zero point 0 (uint8; -128 for int8) instead of
+            calibrated ones.
         activation_dtype: ``uint8`` (asymmetric, what onnxruntime's x86 int8 kernels expect) or
             ``int8``.
         reduce_range: 7-bit weights (for x86 CPUs without VNNI, whose u8 x s8 pair sums saturate int16).

@@ -5,7 +5,7 @@ It annotates the aten graph that ``torch.export`` produces:
 * conv / linear: uint8 activations in, int8 weights (per channel, symmetric), int32 bias with
   scale = input scale x weight scale (so onnxruntime can fuse QLinearConv), quantized output
   unless a ReLU follows (then the ReLU's output is quantized and the ReLU folds into the range);
-* gates (sigmoid, hard-sigmoid): output pinned to scale 1/256, zero point 0 -- the [0, 1] range
+* gates (sigmoid, hard-sigmoid): output pinned to scale 2/511, zero point 0 -- the [0, 1] range
   a gate always has -- instead of a calibrated range that may miss the ends; SiLU and hard-swish are
   decomposed into ``x * sigmoid(x)`` / ``x * hardsigmoid(x)`` first, so their gate is such a gate and the
   product an int8 multiply;
@@ -55,6 +55,26 @@ _WEIGHT_EPS = 2**-12  # weights only (per-channel scales of all-zero channels)
 #: floor) set every activation range below 0.06 to 0.06: torchvision's random-init MobileNetV3-small, whose
 #: activations shrink to 1e-4 at the logits, came out at 0 dB against fp32 (quantize_static: 29 dB).
 _ACT_EPS = float(torch.finfo(torch.float32).eps)
+
+class SearchOnceHistogramObserver(HistogramObserver):
+    """torchao's ``HistogramObserver`` whose range search runs once per histogram, not once per question.
+
+    Its ``calculate_qparams`` runs a Python-level search over the 2048-bin histogram (a bin at a time, each
+    step a quantization-error sum over all bins): tens of milliseconds per call. ``convert_pt2e`` asks once
+    per observer, and then again for every conv/linear reading that activation, whose int32 bias scale is
+    derived from the input's scale. The answer is kept until the histogram or its range changes (the
+    tensors' version counters move on every update), so the ranges are exactly torchao's.
+    """
+
+    def _non_linear_param_search(self) -> tuple[torch.Tensor, torch.Tensor]:
+        key = tuple((t.data_ptr(), t._version) for t in (self.histogram, self.min_val, self.max_val))
+        cached = getattr(self, "_edgefuse_search", None)
+        if cached is None or cached[0] != key:
+            cached = (key, super()._non_linear_param_search())
+            self._edgefuse_search = cached
+        new_min, new_max = cached[1]
+        return new_min.clone(), new_max.clone()
+
 
 CONV_LINEAR = {aten.conv2d.default, aten.linear.default}
 RELU = {aten.relu.default, aten.relu_.default}
@@ -106,8 +126,7 @@ def unshare_params(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return model
 
 
-#: Set on the hard-sigmoid that :func:`decompose_activations` splits out of a hard-swish: its gate grid is
-#: [0, 1] exactly (step 1/255), so that ``x * gate`` is ``x`` itself wherever ``x >= 3``.
+#: Set on the hard-sigmoid that :func:`decompose_activations` splits out of a hard-swish (its own gate grid).
 UNIT_GATE = "edgefuse_unit_gate"
 
 
@@ -182,7 +201,7 @@ class EdgefuseQuantizer(Quantizer):
             act_ctr = {
                 "minmax": MinMaxObserver,
                 "moving_average": MovingAverageMinMaxObserver,
-                "histogram": HistogramObserver,
+                "histogram": SearchOnceHistogramObserver,
             }[c.calibration].with_args(eps=_ACT_EPS)
         self.act = QuantizationSpec(dtype=dtype, quant_min=qmin, quant_max=qmax, qscheme=qscheme,
                                     is_dynamic=False, observer_or_fake_quant_ctr=act_ctr)
@@ -200,13 +219,22 @@ class EdgefuseQuantizer(Quantizer):
             self.weight = QuantizationSpec(dtype=torch.int8, quant_min=-wmax, quant_max=wmax,
                                            qscheme=torch.per_tensor_symmetric, is_dynamic=False,
                                            observer_or_fake_quant_ctr=w_ctr)
-        # Gates live in [0, 1]: 256 levels of 1/256 (uint8) or zero point -128 (int8). The gate inside a
-        # hard-swish reaches 1 on every x >= 3, so it gets steps of 1/255, whose top code is 1 exactly.
+        # Gates live in [0, 1]. Their grid is chosen so that rounding never meets a tie, because onnxruntime
+        # breaks ties otherwise than the program does (its QLinearMul, and the float32 scale the program
+        # stores, e.g. 0.5 / float32(1/255) = 127.49999 in PyTorch but 127.5000019 in onnxruntime):
+        # * a gate (SE, CBAM, EfficientAttention): steps of 2/511, zero point 0 (uint8) or -128 (int8).
+        #   With 1/256, a gate of 0.5 (code 128: an SE whose input is ~0) made every odd code of x a tie in
+        #   x * gate whenever the product kept x's scale -- a trained LCNet-0.5's file agreed with its
+        #   program on 92 % of images; with 1/255, sigmoid(0) = 0.5 is itself a tie (127.5 codes). Here 0.5
+        #   is 127.75 codes, and x * gate / s_x = 2 * q_x * q_g / 511 is never half an odd number. The top
+        #   code is 510/511.
+        # * the gate inside a hard-swish (UNIT_GATE): steps of 1/255, whose top code is 1 exactly (x * 1 = x
+        #   on every x >= 3); its one tie, at x = 0, multiplies 0.
         self.gate, self.unit_gate = (FixedQParamsQuantizationSpec(
             dtype=dtype, scale=scale, zero_point=0 if dtype == torch.uint8 else -128,
             quant_min=0 if dtype == torch.uint8 else -128, quant_max=255 if dtype == torch.uint8 else 127,
             qscheme=torch.per_tensor_affine,
-        ) for scale in (1.0 / 256.0, 1.0 / 255.0))
+        ) for scale in (2.0 / 511.0, 1.0 / 255.0))
 
     # -- helpers ---------------------------------------------------------------------------
     def _excluded(self, node: Node) -> bool:

@@ -43,14 +43,14 @@ def test_gate_outputs_get_fixed_qparams():
     nodes = _quant_nodes_after(q.program, torch.ops.aten.sigmoid.default)
     assert len(nodes) == 4  # one gate per stage
     for n in nodes:
-        assert n.args[1] == pytest.approx(1 / 256) and n.args[2] == 0
+        assert n.args[1] == pytest.approx(2 / 511) and n.args[2] == 0
 
 
 def test_gate_qparams_can_be_calibrated_instead():
     m = perturb_(create_model("resnet", 10, fusion="se", width=0.5), std=0.05).eval()
     q = quantize_ptq(m, _ListReader([torch.randn(8, 1, 32, 32)]), QuantConfig(fixed_gate_qparams=False))
     nodes = _quant_nodes_after(q.program, torch.ops.aten.sigmoid.default)
-    assert nodes and all(n.args[1] != pytest.approx(1 / 256) for n in nodes)
+    assert nodes and all(n.args[1] != pytest.approx(2 / 511) for n in nodes)
 
 
 def test_weights_are_per_channel_int8_with_int32_bias():
