@@ -56,26 +56,6 @@ _WEIGHT_EPS = 2**-12  # weights only (per-channel scales of all-zero channels)
 #: activations shrink to 1e-4 at the logits, came out at 0 dB against fp32 (quantize_static: 29 dB).
 _ACT_EPS = float(torch.finfo(torch.float32).eps)
 
-class SearchOnceHistogramObserver(HistogramObserver):
-    """torchao's ``HistogramObserver`` whose range search runs once per histogram, not once per question.
-
-    Its ``calculate_qparams`` runs a Python-level search over the 2048-bin histogram (a bin at a time, each
-    step a quantization-error sum over all bins): tens of milliseconds per call. ``convert_pt2e`` asks once
-    per observer, and then again for every conv/linear reading that activation, whose int32 bias scale is
-    derived from the input's scale. The answer is kept until the histogram or its range changes (the
-    tensors' version counters move on every update), so the ranges are exactly torchao's.
-    """
-
-    def _non_linear_param_search(self) -> tuple[torch.Tensor, torch.Tensor]:
-        key = tuple((t.data_ptr(), t._version) for t in (self.histogram, self.min_val, self.max_val))
-        cached = getattr(self, "_edgefuse_search", None)
-        if cached is None or cached[0] != key:
-            cached = (key, super()._non_linear_param_search())
-            self._edgefuse_search = cached
-        new_min, new_max = cached[1]
-        return new_min.clone(), new_max.clone()
-
-
 CONV_LINEAR = {aten.conv2d.default, aten.linear.default}
 RELU = {aten.relu.default, aten.relu_.default}
 GATES = {aten.sigmoid.default, aten.hardsigmoid.default}
@@ -201,7 +181,7 @@ class EdgefuseQuantizer(Quantizer):
             act_ctr = {
                 "minmax": MinMaxObserver,
                 "moving_average": MovingAverageMinMaxObserver,
-                "histogram": SearchOnceHistogramObserver,
+                "histogram": HistogramObserver,
             }[c.calibration].with_args(eps=_ACT_EPS)
         self.act = QuantizationSpec(dtype=dtype, quant_min=qmin, quant_max=qmax, qscheme=qscheme,
                                     is_dynamic=False, observer_or_fake_quant_ctr=act_ctr)
