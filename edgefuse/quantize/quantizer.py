@@ -119,7 +119,7 @@ def decompose_activations(model: torch.fx.GraphModule, keep=lambda node: False) 
       exact [0, 1] grid (:data:`UNIT_GATE`), becomes QLinearAdd in the ONNX file
       (:func:`edgefuse.export.int8_activations.int8_hard_activations`), the product QLinearMul.
 
-    The sigmoid is then annotated as a gate (fixed [0, 1] range) and the product as an int8 multiply, so the
+    The gate is then annotated as a gate (fixed [0, 1] range) and the product as an int8 multiply, so the
     quantized program computes what the ONNX file computes. (An earlier ONNX-only rewrite quantized the gate
     in the file but not in the program: on a trained EfficientNet-B0 the file then agreed with its program on
     89 % of Fashion-MNIST test images, and the gate refused it.) In-place forms are left alone (run
@@ -200,14 +200,14 @@ class EdgefuseQuantizer(Quantizer):
                                            qscheme=torch.per_tensor_symmetric, is_dynamic=False,
                                            observer_or_fake_quant_ctr=w_ctr)
         # Gates live in [0, 1]. Their grid is chosen so that rounding never meets a tie, because onnxruntime
-        # breaks ties otherwise than the program does (its QLinearMul, and the float32 scale the program
-        # stores, e.g. 0.5 / float32(1/255) = 127.49999 in PyTorch but 127.5000019 in onnxruntime):
+        # breaks ties otherwise than the program does (its QLinearMul; and with the float32 scale 1/255,
+        # PyTorch quantizes 0.5 to 127 while onnxruntime's 0.5 / scale = 127.5000019 gives 128):
         # * a gate (SE, CBAM, EfficientAttention): steps of 2/511, zero point 0 (uint8) or -128 (int8).
         #   With 1/256, a gate of 0.5 (code 128: an SE whose input is ~0) made every odd code of x a tie in
         #   x * gate whenever the product kept x's scale -- a trained LCNet-0.5's file agreed with its
         #   program on 92 % of images; with 1/255, sigmoid(0) = 0.5 is itself a tie (127.5 codes). Here 0.5
-        #   is 127.75 codes, and x * gate / s_x = 2 * q_x * q_g / 511 is never half an odd number. The top
-        #   code is 510/511.
+        #   is 127.75 codes, and x * gate / s_x = 2 * q_x * q_g / 511 never lies halfway between two
+        #   integers (that would need 4 * q_x * q_g = 511 * odd). The top code is 510/511.
         # * the gate inside a hard-swish (UNIT_GATE): steps of 1/255, whose top code is 1 exactly (x * 1 = x
         #   on every x >= 3); its one tie, at x = 0, multiplies 0.
         self.gate, self.unit_gate = (FixedQParamsQuantizationSpec(

@@ -75,6 +75,16 @@ def test_nodes_without_int8_neighbours_are_left_alone():
     assert int8_hard_activations(m) == {"hardsigmoid": 0}
 
 
+def _assert_file_computes_program(q, path, xs) -> None:
+    """The int8 file's logits are within one logit step of its program's, with the same argmax everywhere."""
+    x = torch.stack(xs)
+    with torch.no_grad():
+        ref = q.program(x).numpy()
+    got = OrtModel(path).run(x.numpy())
+    step = np.abs(ref).max() / 127  # about one step of the logits' int8 grid
+    assert np.abs(got - ref).max() <= step and (ref.argmax(1) == got.argmax(1)).all()
+
+
 class _HardSwishNet(torch.nn.Module):
     """torchvision's MobileNetV3 style: conv -> BN -> in-place Hardswish, a residual add in place, a pooled head."""
 
@@ -114,12 +124,7 @@ def test_hard_swish_is_quantized_in_the_program_and_the_file_computes_it(tmp_pat
     rep = diagnose(res.path("onnx", "int8"), runs=2)
     assert not {"HardSwish", "HardSigmoid"} & set(rep.op_counts), rep.op_counts
     assert rep.op_counts.get("QLinearMul", 0) >= 2 and rep.op_counts.get("QLinearAdd", 0) >= 3, rep.op_counts
-    x = torch.stack(xs)
-    with torch.no_grad():
-        ref = q.program(x).numpy()
-    got = OrtModel(res.path("onnx", "int8")).run(x.numpy())
-    step = np.abs(ref).max() / 127  # about one step of the logits' int8 grid
-    assert np.abs(got - ref).max() <= step and (ref.argmax(1) == got.argmax(1)).all()
+    _assert_file_computes_program(q, res.path("onnx", "int8"), xs)
 
 
 def test_mobilenetv3_hard_swish_runs_on_int8_kernels(tmp_path):
@@ -172,12 +177,7 @@ def test_silu_is_quantized_in_the_program_and_the_file_computes_it(tmp_path):
     res = export_artifacts(model, contract, tmp_path, quantized=q, formats=("onnx",))
     rep = diagnose(res.path("onnx", "int8"), runs=2)
     assert rep.op_counts.get("QLinearSigmoid", 0) == 2 and "Sigmoid" not in rep.op_counts, rep.op_counts
-    x = torch.stack(xs)
-    with torch.no_grad():
-        ref = q.program(x).numpy()
-    got = OrtModel(res.path("onnx", "int8")).run(x.numpy())
-    step = np.abs(ref).max() / 127  # about one step of the logits' int8 grid
-    assert np.abs(got - ref).max() <= step and (ref.argmax(1) == got.argmax(1)).all()
+    _assert_file_computes_program(q, res.path("onnx", "int8"), xs)
 
 
 def test_in_place_silu_with_another_reader_is_left_alone():
