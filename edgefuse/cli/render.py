@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from edgefuse.cli._ui import out
-from edgefuse.validate.report import fallback_summary, latency_precision_summary
+from edgefuse.validate.report import fallback_summary, latency_precision_summary, rounds_note
 
 
 def pct(v) -> str:
@@ -84,7 +84,7 @@ def validation_report(report, accuracy: Optional[dict] = None) -> None:
     out.print(t)
     speed = (f"int8 is {report.speedup:.2f}x faster" if report.latency_ratio < 1
              else f"int8 is {report.latency_ratio:.2f}x SLOWER than fp32")
-    summary = f"latency int8/fp32 = {report.latency_ratio:.3f} ({speed})"
+    summary = f"latency int8/fp32 = {report.latency_ratio:.3f} ({speed}){rounds_note(report.runtime.get('latency_rounds'))}"
     if report.sqnr_db is not None:
         summary += f"; top-1 agreement {pct(report.agreement)}; output SQNR {report.sqnr_db:.1f} dB"
     line(summary)

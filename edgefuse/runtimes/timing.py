@@ -48,3 +48,37 @@ def interleaved_latency(
         }
         for n, t in times.items()
     }
+
+
+def confirmed_ratio(
+    time_round: Callable[[], dict[str, dict[str, float]]],
+    over_budget: Callable[[float], bool],
+    rounds: int = 5,
+) -> tuple[dict[str, dict[str, float]], float, list[float]]:
+    """The int8/fp32 median-latency ratio of one interleaved round, re-timed when it is over budget.
+
+    A co-tenant on a shared VM slows the calls of a round, for a fraction of a second up to seconds, and
+    slows the small int8 kernels more than the fp32 ones: on this 2-core VM the 0.3 ms digits model's ratio
+    0.60 read 0.65-0.75 in disturbed rounds, in runs of several rounds. So a ratio over budget is timed
+    ``rounds - 1`` more times and the quietest round is judged: the one whose fp32 and int8 medians add up
+    to the least, the machine state least disturbed. A real int8 slowdown is in the quietest round too.
+
+    Args:
+        time_round: one interleaved timing of ``fp32`` and ``int8`` (:func:`interleaved_latency`'s result).
+        over_budget: whether a ratio fails a latency budget.
+        rounds: rounds at most.
+
+    Returns:
+        ``(latency of the judged round, its ratio, every round's ratio in timing order)``.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    timed = [time_round()]
+
+    def ratio(lat: dict) -> float:
+        return lat["int8"]["median_ms"] / lat["fp32"]["median_ms"]
+
+    if over_budget(ratio(timed[0])):
+        timed += [time_round() for _ in range(rounds - 1)]
+    kept = min(range(len(timed)), key=lambda k: timed[k]["fp32"]["median_ms"] + timed[k]["int8"]["median_ms"])
+    return timed[kept], ratio(timed[kept]), [ratio(t) for t in timed]

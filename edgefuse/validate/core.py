@@ -14,6 +14,7 @@ from edgefuse.errors import DataError
 from edgefuse.metrics import agreement, sqnr_db, topk_accuracy
 from edgefuse.progress import NullProgress, Progress
 from edgefuse.runtimes import OrtModel, PteModel, load_runtime
+from edgefuse.runtimes.timing import confirmed_ratio
 from edgefuse.validate.doctor import diagnose
 from edgefuse.validate.gate import judge
 from edgefuse.validate.latency import interleaved_latency
@@ -116,9 +117,16 @@ def validate_models(
         else:
             latency_input = np.asarray(dataset[0][0], np.float32)[None]
     x1 = np.ascontiguousarray(latency_input, dtype=np.float32)
-    lat = interleaved_latency({"fp32": lambda: fp32.run(x1), "int8": lambda: int8.run(x1)},
-                              runs=runs, warmup=warmup, progress=progress)
-    ratio = lat["int8"]["median_ms"] / lat["fp32"]["median_ms"]
+    b_ratio = baseline["comparison"]["latency_ratio"] if baseline is not None else None
+
+    def over_budget(r: float) -> bool:
+        if budgets.max_latency_ratio is not None and r > budgets.max_latency_ratio:
+            return True
+        return bool(b_ratio) and r / b_ratio - 1.0 > budgets.baseline_latency_tolerance
+
+    lat, ratio, rounds = confirmed_ratio(
+        lambda: interleaved_latency({"fp32": lambda: fp32.run(x1), "int8": lambda: int8.run(x1)},
+                                    runs=runs, warmup=warmup, progress=progress), over_budget)
     size_f, size_q = Path(fp32_path).stat().st_size, Path(int8_path).stat().st_size
     v = versions()
     extra = {}
@@ -130,7 +138,7 @@ def validate_models(
         data={**(data_info or {}), "samples": samples},
         runtime={"engine": engine, "engine_version": v.get(engine), "onnxruntime": v.get("onnxruntime"),
                  "threads": threads, "batch": 1, "cpu": cpu_name(),
-                 "runs": runs, "warmup": warmup},
+                 "runs": runs, "warmup": warmup, "latency_rounds": [round(r, 4) for r in rounds]},
         fp32=ModelResult(str(fp32_path), "fp32", size_f, top1["fp32"], top5["fp32"], lat["fp32"]),
         int8=ModelResult(str(int8_path), "int8", size_q, top1["int8"], top5["int8"], lat["int8"]),
         agreement=agree, sqnr_db=sq, size_ratio=size_q / size_f, latency_ratio=ratio, accuracy_drop=drop,

@@ -52,7 +52,8 @@ class Budgets:
             report's, in percentage points.
         baseline_latency_tolerance: with ``--baseline``, the largest allowed relative rise of the int8/fp32
             latency ratio above the stored report's (0.10 = 10 %); two runs of the same files on one machine
-            differ by a few percent, more on a shared one.
+            differ by a few percent, more on a shared one. A ratio over either latency budget is timed four
+            more rounds and the quietest is judged (:func:`edgefuse.runtimes.timing.confirmed_ratio`).
     """
 
     max_drop: float | None = None
