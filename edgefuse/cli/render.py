@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from edgefuse.cli._ui import out
-from edgefuse.validate.report import fallback_summary, latency_precision_summary, rounds_note
+from edgefuse.validate.report import fallback_summary, latency_precision_summary, op_check_summary, rounds_note
 
 
 def pct(v) -> str:
@@ -128,6 +128,8 @@ def validation_report(report, accuracy: Optional[dict] = None) -> None:
     if agree:
         worst = min(agree, key=agree.get)
         out.print(f"every artifact vs PyTorch: top-1 agreement >= {pct(agree[worst])} (lowest: {worst})", highlight=False)
+    for c in (report.extra.get("op_check") or {}).values():
+        out.print(op_check_summary(c).replace("`", ""), highlight=False)
     if report.extra.get("doctor"):
         out.print("why int8 is not faster (edgefuse doctor):\n" + report.extra["doctor"], highlight=False)
     out.print(f"gate: {'[green]PASSED[/]' if report.passed else '[red]FAILED[/]'}")

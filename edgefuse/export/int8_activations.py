@@ -103,7 +103,11 @@ def int8_hard_activations(model: onnx.ModelProto) -> dict[str, int]:
         # The gate's own QuantizeLinear now quantizes x + b/a with s_o / a; its readers keep (s_o, z_o).
         s_o = float(numpy_helper.to_array(inits[q[0].input[1]]))
         q[0].input[0] = shifted
-        q[0].input[1] = const(s_o / a, np.float32, base + "_scale")
+        # The scale is nudged up by 2^-21 (~0.5 ppm) so that a gate meeting a rounding tie rounds down as the
+        # program's does: with the hard-swish gate's grid of 1/255, hardsigmoid(0) = 0.5 is 127.5 codes;
+        # PyTorch multiplies by float32(1/255)'s inverse, just under 255, and gets 127, onnxruntime's
+        # QLinearAdd got 128. Away from ties the nudge moves no code unless it lies within 6e-5 of one.
+        q[0].input[1] = const(s_o / a * (1 + 2.0 ** -21), np.float32, base + "_scale")
         counts["hardsigmoid"] += 1
     del g.node[:]
     g.node.extend(out)

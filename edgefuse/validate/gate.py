@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Mapping, Protocol
+from typing import TYPE_CHECKING, Collection, Mapping, Protocol
 
 from edgefuse.errors import UsageError
 from edgefuse.metrics import within
@@ -207,15 +207,17 @@ def _pair_failures(report: Measured, budgets: Budgets, subject: str | None) -> l
     return fails
 
 
-def _artifact_failures(agreement: Mapping[str, float], budgets: Budgets, samples: int) -> list[GateFailure]:
+def _artifact_failures(agreement: Mapping[str, float], budgets: Budgets, samples: int,
+                       cleared: Collection[str] = ()) -> list[GateFailure]:
     """Files whose top-1 agreement with the PyTorch program they were exported from is below the floor:
-    they do not compute what was quantized (a broken export), whatever their accuracy."""
+    they do not compute what was quantized (a broken export), whatever their accuracy -- unless the
+    op-by-op check showed that they do (``cleared``)."""
     floor = budgets.min_artifact_agreement
     if floor is None:
         return []
     fails = []
     for name, a in agreement.items():
-        if a < floor:
+        if a < floor and name not in cleared:
             hint = f"; `edgefuse doctor {name}` shows what onnxruntime runs" if name.endswith(".onnx") else ""
             fails.append(GateFailure(
                 "artifact_agreement", f"{name} agrees with the PyTorch program it was exported from on "
@@ -235,7 +237,7 @@ def _fallback_failures(fb: FallbackResult | None) -> list[GateFailure]:
 
 def judge(reports: Mapping[str, Measured], budgets: Budgets, *,
           agreement: Mapping[str, float] | None = None, samples: int = 0,
-          fallback: FallbackResult | None = None) -> GateResult:
+          fallback: FallbackResult | None = None, cleared: Collection[str] = ()) -> GateResult:
     """The gate over a measured set.
 
     Args:
@@ -245,6 +247,8 @@ def judge(reports: Mapping[str, Measured], budgets: Budgets, *,
         agreement: each shipped file's top-1 agreement with the PyTorch program it came from.
         samples: how many images ``agreement`` was measured on (for the message).
         fallback: the fp32 fallback's outcome, when it ran; a fallback that missed its budget fails the gate.
+        cleared: files below the agreement floor that :func:`edgefuse.validate.opcheck.check_ops` showed to
+            compute their program op for op (their end-to-end differences are amplified rounding).
 
     Returns:
         Every exceeded budget, in a stable order: the pairs (in ``reports`` order), the files, the fallback.
@@ -252,6 +256,6 @@ def judge(reports: Mapping[str, Measured], budgets: Budgets, *,
     fails: list[GateFailure] = []
     for i, (name, r) in enumerate(reports.items()):
         fails += _pair_failures(r, budgets, None if i == 0 else name)
-    fails += _artifact_failures(agreement or {}, budgets, samples)
+    fails += _artifact_failures(agreement or {}, budgets, samples, cleared)
     fails += _fallback_failures(fallback)
     return GateResult(tuple(fails))

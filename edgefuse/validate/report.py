@@ -153,6 +153,9 @@ class ValidationReport:
         if self.extra.get("pytorch_agreement"):
             lines += ["", "## Each artifact against PyTorch (top-1 agreement on the evaluation split)", ""]
             lines += [f"- `{f}`: {pct(v)}" for f, v in self.extra["pytorch_agreement"].items()]
+        if self.extra.get("op_check"):
+            lines += ["", "## Files below the agreement floor, checked op for op", ""]
+            lines += [f"- {op_check_summary(c)}" for c in self.extra["op_check"].values()]
         if self.extra.get("latency_precision"):
             lines += ["", "## Latency-aware precision (measured on this CPU)", ""]
             lines += [f"- `{f}`: {latency_precision_summary(c)}" for f, c in self.extra["latency_precision"].items()]
@@ -201,6 +204,22 @@ class ValidationReport:
 
 def _or_not_gated(value, unit: str = "") -> str:
     return "not gated" if value is None else f"{value:g}{unit}"
+
+
+def op_check_summary(c: dict) -> str:
+    """One sentence on the op-by-op check of a file below the agreement floor
+    (:func:`edgefuse.validate.shipped.check_below_floor`)."""
+    f = f"`{c['file']}`"
+    if "same_as" in c:
+        return (f"{f}: converted from `{c['same_as']}`, which passed the op-by-op check, and agrees with it on "
+                f"{100 * c['agreement_with_it']:.2f}% of the images" + ("" if c["passed"] else " -- too few: refused"))
+    if not c["passed"]:
+        return f"{f}: the op-by-op check did not clear it ({c['reason']})"
+    return (f"{f}: each of its {c['paired']} quantized tensors, recomputed by the program from the file's own input "
+            f"codes on {c['images']} images, matches (at most {100 * c['worst_fraction']:.3f}% of a tensor's codes one "
+            f"step apart, worst: {c['worst_tensor']}; outputs within {100 * c['output_error']:.3f}% of their range). "
+            "The file computes its program op for op; its end-to-end differences are one-step roundings on boundary "
+            "values, carried through the network")
 
 
 def rounds_note(ratios: list[float] | None) -> str:

@@ -19,6 +19,7 @@ from edgefuse.quantize.fp32_region import fp32_region
 from edgefuse.runtimes import load_runtime
 from edgefuse.validate.core import validate_models
 from edgefuse.validate.gate import judge
+from edgefuse.validate.opcheck import IMAGES as OPCHECK_IMAGES, check_ops
 from edgefuse.validate.report import Budgets, ValidationReport
 
 
@@ -75,9 +76,12 @@ def validate_shipped(staged: ExportResult, programs: dict[str, nn.Module], datas
         if onnx_int8 is not None:
             report.extra["int8_pytorch_vs_onnxruntime_agreement"] = agreement[onnx_int8.name]
     # Every file that ships is gated, not only the first; a file that does not compute its program fails
-    # whatever its accuracy (labels may not tell).
+    # whatever its accuracy (labels may not tell) -- unless each of its ops is shown to compute its program's.
+    checked = check_below_floor(staged, programs, dataset, agreement or {}, budgets, reports, threads)
+    if checked:
+        report.extra["op_check"] = checked
     report.gate = judge(reports, budgets, agreement=agreement, samples=0 if dataset is None else len(dataset),
-                        fallback=fallback)
+                        fallback=fallback, cleared={f for f, c in checked.items() if c["passed"]})
     for key in ("delegation", "mobile_usability", "latency_precision"):  # what the formats' builders found out about their files
         found = {a.file: a.details[key] for a in staged.artifacts if key in a.details}
         if found:
@@ -90,6 +94,62 @@ def validate_shipped(staged: ExportResult, programs: dict[str, nn.Module], datas
     return report
 
 
+def _runnable(staged: ExportResult) -> list:
+    runnable = {f for f in format_names() if get_format(f).runtime is not None}
+    return [a for a in staged.artifacts if a.kind in runnable]
+
+
+def _reference_keys(staged: ExportResult) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """File name -> (program key, fp32 region) of the program it computes: its scheme's program, with the
+    same fp32 region where latency-aware precision gave the file (or the file it was converted from) one."""
+    by_name = {a.file: a for a in staged.artifacts}
+    key = {}
+    for a in _runnable(staged):
+        if a.precision == "fp32":
+            key[a.file] = ("fp32", ())
+            continue
+        src = by_name.get(a.details.get("converted_from"), a)
+        region = tuple(a.details.get("latency_precision", src.details.get("latency_precision", {})).get("fp32_modules", ()))
+        key[a.file] = (get_format(a.kind).int8_scheme, region)
+    return key
+
+
+def check_below_floor(staged: ExportResult, programs: dict[str, nn.Module], dataset, agreement: dict[str, float],
+                      budgets: Budgets, reports: dict[str, ValidationReport], threads: int = 1) -> dict[str, dict]:
+    """The op-by-op check (:func:`edgefuse.validate.opcheck.check_ops`) of every int8 ``.onnx`` file whose
+    top-1 agreement with its program is below the floor; an ``.ort`` file converted from a file that passes
+    it is cleared too when the two files agree on top-1 at the floor (same graph, same kernels). ``.pte``
+    files are not checked this way (the floor decides).
+
+    Returns:
+        File name -> the check's outcome (``passed`` clears the file).
+    """
+    floor = budgets.min_artifact_agreement
+    if floor is None or dataset is None:
+        return {}
+    key = _reference_keys(staged)
+    x = None
+    out: dict[str, dict] = {}
+    for a in _runnable(staged):
+        if a.precision != "int8" or a.kind != "onnx" or agreement.get(a.file, 1.0) >= floor:
+            continue
+        if x is None:
+            x = torch.stack([dataset[i][0] for i in range(min(OPCHECK_IMAGES, len(dataset)))])
+        prog_key, region = key[a.file]
+        program = programs[prog_key] if not region else fp32_region(programs[prog_key], region)
+        out[a.file] = check_ops(program, staged.out_dir / a.file, x, threads).to_dict()
+    preds = {Path(r.int8.file).name: r.predictions["int8"] for r in reports.values() if r.predictions is not None}
+    for a in _runnable(staged):
+        src = a.details.get("converted_from")
+        if (a.precision != "int8" or agreement.get(a.file, 1.0) >= floor or not out.get(src, {}).get("passed")
+                or a.file not in preds or src not in preds):
+            continue
+        same = float(np.mean(preds[a.file] == preds[src]))
+        out[a.file] = {"file": a.file, "same_as": src, "agreement_with_it": same, "passed": same >= floor,
+                       "reason": "" if same >= floor else f"agrees with {src} on {100 * same:.1f}% only"}
+    return out
+
+
 def agreement_with_programs(staged: ExportResult, programs: dict[str, nn.Module], dataset, threads: int = 1,
                             reports: dict[str, ValidationReport] | None = None, batch_size: int | None = None,
                             program_predictions: dict | None = None) -> dict[str, float]:
@@ -99,19 +159,8 @@ def agreement_with_programs(staged: ExportResult, programs: dict[str, nn.Module]
     others run here. Streams the dataset in batches: memory holds one batch of inputs and one top-1
     index per image.
     """
-    runnable = {f for f in format_names() if get_format(f).runtime is not None}
-    files = [a for a in staged.artifacts if a.kind in runnable]
-    # The reference of a file is its scheme's program -- with the same fp32 region where latency-aware
-    # precision gave the file (or the file it was converted from) one.
-    by_name = {a.file: a for a in staged.artifacts}
-    key = {}
-    for a in files:
-        if a.precision == "fp32":
-            key[a.file] = ("fp32", ())
-            continue
-        src = by_name.get(a.details.get("converted_from"), a)
-        region = tuple(a.details.get("latency_precision", src.details.get("latency_precision", {})).get("fp32_modules", ()))
-        key[a.file] = (get_format(a.kind).int8_scheme, region)
+    files = _runnable(staged)
+    key = _reference_keys(staged)
     known = {}
     for a in files:
         r = (reports or {}).get(a.kind)

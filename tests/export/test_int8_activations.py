@@ -60,6 +60,24 @@ def test_hard_sigmoid_gate_is_the_same_quantized_arithmetic(dtype, z_x, z_gate):
     assert np.abs(y1 - exact).max() <= s_o + s_x / 6 + 1e-6
 
 
+@pytest.mark.parametrize("dtype,z_x,z_gate", [(TensorProto.UINT8, 128, 0), (TensorProto.INT8, 0, -128)])
+def test_the_hard_swish_gate_rounds_its_midpoint_as_the_program_does(dtype, z_x, z_gate):
+    # On the hard-swish gate's grid of 1/255, hardsigmoid(0) = 0.5 is 127.5 codes: the program rounds it to
+    # 127 (float32(1/255) is a little above 1/255); the file must too, or 1-2 % of a trained MobileNetV3's
+    # gate codes differ from its program's given the same inputs (edgefuse.validate.opcheck).
+    s_x, s_o = 0.0471, float(np.float32(1 / 255))
+    m = _qdq_graph("HardSigmoid", dtype, s_x, z_x, s_o, z_gate, alpha=1 / 6, beta=0.5)
+    assert int8_hard_activations(m) == {"hardsigmoid": 1}
+    x = np.zeros((1, 4, 64, 64), np.float32)  # quantizes to the zero point: exactly 0
+    qmin, qmax = (0, 255) if dtype == TensorProto.UINT8 else (-128, 127)
+    code = torch.ops.quantized_decomposed.quantize_per_tensor(
+        torch.nn.functional.hardsigmoid(torch.zeros(1)), s_o, z_gate, qmin, qmax,
+        torch.uint8 if dtype == TensorProto.UINT8 else torch.int8)
+    assert int(code) - z_gate == 127  # the program's midpoint
+    y = _run(m, x)
+    assert np.all(y == np.float32(127 * s_o)), np.unique(y / s_o)
+
+
 def test_a_hard_swish_in_an_int8_file_is_left_to_the_program():
     # The quantizer splits every hard-swish it quantizes; one left in the file is an fp32 choice of the
     # program (an excluded module), and quantizing its gate in the file alone would be a file-only change.
