@@ -9,7 +9,7 @@ import io
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edgefuse.errors import EdgefuseError
@@ -99,6 +99,7 @@ def test_npz_loader_on_random_shapes_and_dtypes(tmp_path, x_shape, y_len, x_dtyp
     st.one_of(st.none(), st.integers(-3, 300), st.floats(allow_nan=True), st.text(max_size=5),
               st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=4)),
 ))
+@example(d={"input_size": None, "resize": []})  # found by this test: a list where v1 named the filter
 def test_contract_from_random_dicts(d):
     from edgefuse.data import PreprocessContract
 

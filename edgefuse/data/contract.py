@@ -162,7 +162,8 @@ class PreprocessContract:
         if not isinstance(d, dict):
             raise UsageError(f"invalid preprocessing contract: expected an object, got {type(d).__name__}")
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        if known.get("version", 1) == 1 and known.get("resize") in _RESAMPLE:  # v1: "resize" named the filter
+        if known.get("version", 1) == 1 and isinstance(known.get("resize"), str) and known["resize"] in _RESAMPLE:
+            # v1: "resize" named the filter
             known["interpolation"], known["resize"] = known["resize"], "stretch"
         try:
             for key in ("channels", "version", "pad_value"):
