@@ -61,7 +61,8 @@ def ablate_models(
     rows: list[dict] = []
     files: dict[str, tuple] = {}
     for fusion, pos in variants:
-        name = fusion if len(positions) == 1 or fusion == "add" else f"{fusion}@{pos}"
+        # a variant is named by its position unless every variant is at the default ("all")
+        name = fusion if fusion == "add" or tuple(positions) == ("all",) else f"{fusion}@{pos}"
         vdir = out / name.replace("@", "-")
         tr = train_model(model=model, fusion=fusion, data=data, out=vdir / "model.pt", epochs=epochs, width=width,
                          input_size=input_size, positions=pos, seed=seed, progress=progress)
