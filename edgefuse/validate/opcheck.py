@@ -15,8 +15,10 @@ program reads exactly what the file's op read, and its result is compared with t
 A wrong scale, zero point, weight or op shows as differences of many steps or on many codes; a faithful
 file differs by one step on a few boundary values. Files are paired with programs by the names the ONNX
 exporter gives the quantize nodes (``quantize_per_tensor_<k>`` for the program's
-``quantize_per_tensor_default_<k>``), confirmed by the source module each side records; a file that cannot
-be paired completely is not checked (the end-to-end floor then decides).
+``quantize_per_tensor_default_<k>``), confirmed by the source module each side records. A file is not
+cleared (the end-to-end floor then decides) when one of its tensors under those names has no counterpart, or
+fewer than half of its quantized tensors carry them; a QuantizeLinear that an edgefuse rewrite added under a
+name of its own is checked through the paired tensors it feeds.
 
 Reading a tensor out of the file makes it a graph output, which can keep onnxruntime from dropping that
 Quantize/Dequantize pair; the pairs it drops are exact (around reshapes and pooling), so the check sees the
