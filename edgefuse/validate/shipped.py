@@ -118,7 +118,8 @@ def check_below_floor(staged: ExportResult, programs: dict[str, nn.Module], data
                       budgets: Budgets, reports: dict[str, ValidationReport], threads: int = 1) -> dict[str, dict]:
     """The op-by-op check (:func:`edgefuse.validate.opcheck.check_ops`) of every int8 ``.onnx`` file whose
     top-1 agreement with its program is below the floor; an ``.ort`` file converted from a file that passes
-    it is cleared too when the two files agree on top-1 at the floor (same graph, same kernels). ``.pte``
+    it is cleared too when the two files agree on top-1 at the floor (the same graph, serialised with
+    onnxruntime's optimisations applied). ``.pte``
     files are not checked this way (the floor decides).
 
     Returns:

@@ -31,7 +31,7 @@ def built(tmp_path_factory):
     # activations are otherwise ~0 (scales of 1e-7) and every gate sits on its rounding tie
     calibrate_batch_norm(model, (torch.stack([calib[j][0] for j in range(i, i + 32)]) for i in range(0, 320, 32)))
     q = quantize_ptq(model, TensorBatches(calib, 32, 16))
-    res = export_artifacts(model, contract, tmp_path_factory.mktemp("opcheck"), quantized=q, formats=("onnx",))
+    res = export_artifacts(model, contract, tmp_path_factory.mktemp("opcheck"), quantized=q, formats=("onnx", "ort"))
     x = torch.stack([test[i][0] for i in range(32)])
     return model, q.program, res, test, x
 
@@ -113,9 +113,15 @@ def test_a_file_below_the_floor_ships_only_when_cleared(built, monkeypatch):
     r = shipped.validate_shipped(res, programs, test, budgets=budgets, runs=3)
     assert r.passed, r.failures
     assert r.extra["op_check"]["model.int8.onnx"]["passed"]
+    # the .ort converted from the cleared .onnx: cleared by its agreement with that file
+    ort = r.extra["op_check"]["model.int8.ort"]
+    assert ort["same_as"] == "model.int8.onnx" and ort["passed"] and ort["agreement_with_it"] >= 0.99
     assert "checked op for op" in r.to_markdown() and "computes its program op for op" in r.to_markdown()
     # the same figures with a broken file: refused, and the failure names the file and the floor
     damage_int8_onnx(res.path("onnx", "int8"), res.path("onnx", "int8"))
     r = shipped.validate_shipped(res, programs, test, budgets=budgets, runs=3)
     assert not r.extra["op_check"]["model.int8.onnx"]["passed"]
     assert any("model.int8.onnx agrees with the PyTorch program" in f for f in r.failures), r.failures
+    # and the .ort is not cleared through a file that was not
+    assert "model.int8.ort" not in r.extra["op_check"]
+    assert any("model.int8.ort agrees with the PyTorch program" in f for f in r.failures), r.failures
