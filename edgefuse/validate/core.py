@@ -16,7 +16,7 @@ from edgefuse.progress import NullProgress, Progress
 from edgefuse.runtimes import OrtModel, PteModel, load_runtime
 from edgefuse.runtimes.timing import confirmed_ratio
 from edgefuse.validate.doctor import diagnose
-from edgefuse.validate.gate import judge
+from edgefuse.validate.gate import judge, latency_over_budget
 from edgefuse.validate.latency import interleaved_latency
 from edgefuse.validate.report import Budgets, ModelResult, ValidationReport, drop_of
 from edgefuse.validate.stats import bootstrap_drop_ci, compare_baseline, per_class_drops
@@ -119,14 +119,10 @@ def validate_models(
     x1 = np.ascontiguousarray(latency_input, dtype=np.float32)
     b_ratio = baseline["comparison"]["latency_ratio"] if baseline is not None else None
 
-    def over_budget(r: float) -> bool:
-        if budgets.max_latency_ratio is not None and r > budgets.max_latency_ratio:
-            return True
-        return bool(b_ratio) and r / b_ratio - 1.0 > budgets.baseline_latency_tolerance
-
     lat, ratio, rounds = confirmed_ratio(
         lambda: interleaved_latency({"fp32": lambda: fp32.run(x1), "int8": lambda: int8.run(x1)},
-                                    runs=runs, warmup=warmup, progress=progress), over_budget)
+                                    runs=runs, warmup=warmup, progress=progress),
+        lambda r: latency_over_budget(r, budgets, b_ratio))
     size_f, size_q = Path(fp32_path).stat().st_size, Path(int8_path).stat().st_size
     v = versions()
     extra = {}

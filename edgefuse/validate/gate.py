@@ -52,8 +52,9 @@ class Budgets:
             report's, in percentage points.
         baseline_latency_tolerance: with ``--baseline``, the largest allowed relative rise of the int8/fp32
             latency ratio above the stored report's (0.10 = 10 %); two runs of the same files on one machine
-            differ by a few percent, more on a shared one. A ratio over either latency budget is timed four
-            more rounds and the quietest is judged (:func:`edgefuse.runtimes.timing.confirmed_ratio`).
+            differ by a few percent, more on a shared one. A ratio over either latency budget is timed again
+            over several seconds and the quietest round is judged
+            (:func:`edgefuse.runtimes.timing.confirmed_ratio`).
     """
 
     max_drop: float | None = None
@@ -161,6 +162,29 @@ class GateResult:
         return {"passed": self.passed, "failures": self.messages, "checks": [f.to_dict() for f in self.failures]}
 
 
+def latency_ratio_change(ratio: float, baseline_ratio: float | None) -> float | None:
+    """The relative rise of an int8/fp32 latency ratio above a baseline's (0.1 = 10 % higher); None when
+    the baseline has no finite ratio."""
+    if not baseline_ratio or not math.isfinite(baseline_ratio):
+        return None
+    return ratio / baseline_ratio - 1.0
+
+
+def _ratio_over(ratio: float, budgets: Budgets) -> bool:
+    return budgets.max_latency_ratio is not None and ratio > budgets.max_latency_ratio
+
+
+def _rise_over(rel: float | None, budgets: Budgets) -> bool:
+    return rel is not None and rel > budgets.baseline_latency_tolerance
+
+
+def latency_over_budget(ratio: float, budgets: Budgets, baseline_ratio: float | None = None) -> bool:
+    """Whether a measured latency ratio fails ``--max-latency-ratio`` or, beside a baseline's ratio, the
+    baseline's latency tolerance: the gate's own two latency rules, asked before the report exists, so the
+    re-timing (:func:`edgefuse.runtimes.timing.confirmed_ratio`) and the verdict cannot disagree."""
+    return _ratio_over(ratio, budgets) or _rise_over(latency_ratio_change(ratio, baseline_ratio), budgets)
+
+
 def _pair_failures(report: Measured, budgets: Budgets, subject: str | None) -> list[GateFailure]:
     """The drop (or its interval's upper end, per ``drop_bound``), the latency ratio, the output SQNR and
     the comparison with a stored baseline, for one fp32/int8 pair."""
@@ -178,7 +202,7 @@ def _pair_failures(report: Measured, budgets: Budgets, subject: str | None) -> l
                 "accuracy_drop", f"accuracy drop {drop:.2f} {unit} exceeds --max-drop {budgets.max_drop:g} "
                 f"by {drop - budgets.max_drop:.2f}", subject, drop, budgets.max_drop))
     ratio = report.latency_ratio
-    if budgets.max_latency_ratio is not None and ratio > budgets.max_latency_ratio:
+    if _ratio_over(ratio, budgets):
         fails.append(GateFailure(
             "latency_ratio", f"int8/fp32 latency ratio {ratio:.3f} exceeds --max-latency-ratio "
             f"{budgets.max_latency_ratio:g} by {ratio - budgets.max_latency_ratio:.3f}", subject, ratio,
@@ -199,7 +223,7 @@ def _pair_failures(report: Measured, budgets: Budgets, subject: str | None) -> l
                 f"baseline's {100 * cmp['int8_top1']:.2f}% (allowed {budgets.baseline_tolerance:g} pp)", subject,
                 reg, budgets.baseline_tolerance))
         rel = cmp.get("latency_ratio_change")
-        if rel is not None and rel > budgets.baseline_latency_tolerance:
+        if _rise_over(rel, budgets):
             fails.append(GateFailure(
                 "baseline_latency", f"int8/fp32 latency ratio {ratio:.3f} is {100 * rel:.0f}% above the baseline's "
                 f"{cmp['latency_ratio']:.3f} (allowed {100 * budgets.baseline_latency_tolerance:.0f}%)", subject,

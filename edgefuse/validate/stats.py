@@ -4,12 +4,12 @@ and the comparison with a stored baseline report."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 from edgefuse.errors import InputFileError, UsageError
+from edgefuse.validate.gate import latency_ratio_change
 from edgefuse.validate.report import REPORT_SCHEMA
 
 
@@ -110,6 +110,7 @@ def compare_baseline(baseline: dict, *, int8_top1: float | None, latency_ratio: 
     cmp = {"int8_top1": b_top1, "latency_ratio": b_ratio}
     if b_top1 is not None and int8_top1 is not None:
         cmp["top1_regression_pp"] = 100.0 * (b_top1 - int8_top1)
-    if b_ratio and math.isfinite(b_ratio):
-        cmp["latency_ratio_change"] = latency_ratio / b_ratio - 1.0
+    change = latency_ratio_change(latency_ratio, b_ratio)
+    if change is not None:
+        cmp["latency_ratio_change"] = change
     return cmp
