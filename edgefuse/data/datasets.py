@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import os
 import re
 from dataclasses import dataclass
@@ -217,13 +218,27 @@ def _arrays_splits(x: np.ndarray, y: np.ndarray, names, source, seed, vf, tf, ch
     return DataSplits(raw.subset(tr), raw.subset(va), raw.subset(te), tuple(names), source, fp, channels)
 
 
-def _digits(seed: int, vf: float, tf: float) -> DataSplits:
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits (1,797 8x8 images, pixel values 0..16, and their labels), read from the CSV file
+    scikit-learn ships, without importing scikit-learn: its import (with SciPy) takes 2-3 s, which every
+    command on the default data paid. ``load_digits`` reads the same file the same way; it is the fallback
+    where the file is not where scikit-learn 1.x keeps it."""
+    spec = importlib.util.find_spec("sklearn")  # locates the package without running its __init__
+    if spec is not None and spec.submodule_search_locations:
+        csv = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+        if csv.is_file():
+            data = np.loadtxt(csv, delimiter=",")
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits
 
     d = load_digits()
+    return d.images, d.target.astype(np.int64)
+
+
+def _digits(seed: int, vf: float, tf: float) -> DataSplits:
+    images, y = _digits_arrays()
     # Pixel values are 0..16; as uint8 0..255 they go through the same contract as any image file.
-    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
-    y = d.target.astype(np.int64)
+    x = np.round(images * (255.0 / 16.0)).astype(np.uint8)
     return _arrays_splits(x, y, [str(i) for i in range(10)], "digits", seed, vf, tf, channels=1)
 
 

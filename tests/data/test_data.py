@@ -19,6 +19,25 @@ def test_digits_split_is_deterministic_and_disjoint():
     assert load_data("digits", seed=1).fingerprint != a.fingerprint
 
 
+def test_digits_are_scikit_learns_read_without_importing_it():
+    """The CSV read gives load_digits' arrays exactly, and the default data costs no scikit-learn import."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from edgefuse.data.datasets import _digits_arrays
+
+    images, labels = _digits_arrays()
+    d = load_digits()
+    assert np.array_equal(images, d.images) and images.dtype == d.images.dtype
+    assert np.array_equal(labels, d.target)
+    code = ("import sys; from edgefuse.data import load_data; load_data('digits'); "
+            "print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_contract_preprocess_is_exact():
     c = PreprocessContract(4, 1, [0.5], [0.25])
     img = np.full((4, 4), 255, np.uint8)
