@@ -1,0 +1,114 @@
+"""The dynamic-batch ONNX file: exported at batch 1 and given a symbolic batch, or exported symbolically when
+that cannot be shown to be the same program."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+import edgefuse.export.onnx as onnx_export
+from edgefuse.export import export_onnx
+
+
+class SqueezeExcite(nn.Module):
+    """Conv, an SE gate and a flattening head: the Reshape ``[1, C]`` of a batch-1 export."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 8)
+        self.head = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        gate = torch.sigmoid(self.fc(y.mean((2, 3))))
+        return self.head((y * gate[:, :, None, None]).reshape(y.shape[0], -1))
+
+
+class MixesSamples(nn.Module):
+    """Not per-sample: each output depends on the whole batch (a batch-1 export would compute zeros)."""
+
+    def forward(self, x):
+        return (x - x.mean(0, keepdim=True)).flatten(1)
+
+
+class MergesBatch(nn.Module):
+    """Flattens the batch into one row: its output's dimension 0 is not the batch."""
+
+    def forward(self, x):
+        return torch.relu(x).reshape(1, -1)
+
+
+def _run(path, x):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+
+
+def _batch_one_used(monkeypatch) -> list[bool]:
+    used = []
+    real = onnx_export._export_batch_one_as_any_batch
+
+    def spy(*args, **kwargs):
+        used.append(real(*args, **kwargs))
+        return used[-1]
+
+    monkeypatch.setattr(onnx_export, "_export_batch_one_as_any_batch", spy)
+    return used
+
+
+def test_a_per_sample_model_is_exported_at_batch_one_and_runs_any_batch(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = SqueezeExcite().eval()
+    used = _batch_one_used(monkeypatch)
+    path = export_onnx(model, (torch.zeros(1, 3, 4, 4),), tmp_path / "se.onnx")
+    assert used == [True]
+    m = onnx.load(str(path))
+    assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert m.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    for batch in (1, 2, 7):
+        x = torch.randn(batch, 3, 4, 4)
+        with torch.no_grad():
+            np.testing.assert_allclose(_run(path, x), model(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", [MixesSamples(), MergesBatch()], ids=["mixes-samples", "merges-batch"])
+def test_a_model_that_is_not_per_sample_is_exported_with_a_symbolic_batch(model, tmp_path, monkeypatch):
+    used = _batch_one_used(monkeypatch)
+    path = export_onnx(model, (torch.zeros(1, 2, 3, 3),), tmp_path / "m.onnx")
+    assert used == [False]  # refused, and the symbolic export wrote the file
+    x = torch.randn(4, 2, 3, 3)
+    np.testing.assert_allclose(_run(path, x), model(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _reshape_graph(target: list[int], data_dims: list[int], result_dims: list[int]) -> onnx.ModelProto:
+    h = onnx.helper
+    return h.make_model(h.make_graph(
+        [h.make_node("Relu", ["x"], ["r"]), h.make_node("Reshape", ["r", "shape"], ["y"])], "g",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, data_dims)],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, result_dims)],
+        [onnx.numpy_helper.from_array(np.array(target, np.int64), "shape")],
+        value_info=[h.make_tensor_value_info("r", onnx.TensorProto.FLOAT, data_dims)]))
+
+
+@pytest.mark.parametrize("target", [[1, 12], [1, -1], [1, 3, -1]])
+def test_symbolic_batch_rewrites_a_leading_one_of_reshapes_to_the_per_sample_shape(target):
+    result = [1, 12] if len(target) == 2 else [1, 3, 4]
+    m = _reshape_graph(target, [1, 3, 2, 2], result)
+    assert onnx_export._symbolic_batch(m)
+    shapes = {i.name: onnx.numpy_helper.to_array(i).tolist() for i in m.graph.initializer}
+    assert shapes[m.graph.node[1].input[1]] == [-1, *result[1:]]
+    assert [d.dim_param for v in (m.graph.input[0], m.graph.value_info[0], m.graph.output[0])
+            for d in v.type.tensor_type.shape.dim[:1]] == ["batch"] * 3
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.randn(5, 3, 2, 2).astype(np.float32)
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], np.maximum(x, 0).reshape(5, *result[1:]))
+
+
+def test_symbolic_batch_refuses_what_it_cannot_show_per_sample():
+    # a target whose dimension 0 is not 1 (moves the batch), or a result of unknown size
+    assert not onnx_export._symbolic_batch(_reshape_graph([3, 4], [1, 3, 2, 2], [3, 4]))
+    assert not onnx_export._symbolic_batch(_reshape_graph([1, -1], [1, 3, 2, 2], [1, "n"]))
+    # a tensor computed from the input whose dimension 0 is not the batch of one
+    assert not onnx_export._symbolic_batch(_reshape_graph([1, 12], [3, 1, 2, 2], [1, 12]))
