@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgefuse._layout import runs_channels_last
 from edgefuse._quiet import import_pt2e, quiet
 from edgefuse.distributed import EpochShards
 from edgefuse.errors import DataError, UsageError
@@ -263,6 +264,8 @@ def calibrate(
     if first is None:
         raise DataError("calibration data is empty")
     gm = capture(model, first[:1])
+    # asked before observers are inserted: the trial run must not be observed
+    channels_last = runs_channels_last(gm, first[:2])
     with quiet():
         prepared = prepare_pt2e(gm, make_quantizer(config))
     total = len(calibration) if hasattr(calibration, "__len__") else 0
@@ -271,7 +274,8 @@ def calibrate(
     try:
         with torch.no_grad():
             for x in itertools.chain([first], batches):
-                prepared(x)
+                # same values either way (the observers see every element; edgefuse._layout)
+                prepared(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
                 seen += len(x)
                 progress.advance("calibrate")
     finally:
