@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper, version_converter
+from onnx import version_converter
 from torch import nn
 
 from edgefuse._quiet import quiet
 from edgefuse.errors import ExportError, UnsupportedModelError, UsageError
 from edgefuse._inplace import functionalize_inplace
+from edgefuse.export.onnx_batch import per_sample, symbolic_batch
 from edgefuse.limits import MAX_BATCH, MAX_OPSET, MIN_OPSET
 
 #: The ONNX opset edgefuse exports (onnxruntime 1.32 runs it; QDQ needs >= 13).
@@ -78,16 +78,9 @@ def export_onnx(
 
 def _export_batch_one_as_any_batch(model: nn.Module, example_inputs: tuple, path: Path, input_names: list[str],
                                    output_names: list[str], opset: int) -> bool:
-    """Export at batch 1, then give the file a symbolic batch dimension; False (nothing written) when that
-    cannot be shown to be the same program, and the caller exports with a symbolic batch instead.
-
-    Why: under a symbolic batch torch's exporter spends about half again as long (MobileNetV3-large at
-    224x224: 6.3 s instead of 4.0 s for fp32, 11 s instead of 7.2 s for int8), and the two files differ only
-    in the batch-1 constants of Reshapes (``[1, 960]`` where the symbolic export writes ``[-1, 960]``).
-    The static file is made batch-polymorphic by :func:`_symbolic_batch` and accepted only when the result is
-    *per-sample*: three different inputs run as one batch give what each gives alone, in onnxruntime and in
-    ``model`` itself (so a model that mixes samples, or a constant that is not per-sample, falls back).
-    """
+    """Export at batch 1, then give the file a symbolic batch dimension (:mod:`edgefuse.export.onnx_batch`:
+    about a third faster than exporting under a symbolic batch); False (nothing written) when that cannot be
+    shown to compute the same, and the caller exports with a symbolic batch instead."""
     x1 = tuple(x[:1] for x in example_inputs)
     try:
         with quiet():
@@ -98,103 +91,10 @@ def _export_batch_one_as_any_batch(model: nn.Module, example_inputs: tuple, path
             proto = program.model_proto
     except Exception:
         return False  # the symbolic export will raise the one-line error, if there is one
-    if not _symbolic_batch(proto) or not _per_sample(proto, model, x1):
+    if not symbolic_batch(proto) or not per_sample(proto, model, x1):
         return False
     onnx.save(proto, str(path))
     return True
-
-
-#: The dimension name dynamic files give the batch (as ``torch.export.Dim("batch")`` does).
-BATCH_DIM = "batch"
-
-
-def _symbolic_batch(proto: onnx.ModelProto) -> bool:
-    """Make dimension 0 of ``proto``'s inputs, outputs and every tensor computed from the inputs the symbolic
-    ``batch`` (in place), and rewrite Reshape targets ``[1, ...]`` of such tensors to ``[-1, d...]`` where
-    ``d`` is the recorded per-sample shape of the result (its product is one sample's size, so ``-1`` is the
-    batch). False when some tensor computed from the inputs does not lead with a batch-1 dimension, or a
-    Reshape target does not lead with 1: such a graph is not shown batch-polymorphic this way."""
-    graph = proto.graph
-    if graph.node and any(n.op_type in ("If", "Loop", "Scan") for n in graph.node):
-        return False  # subgraphs would need the same walk
-    inits = {i.name: i for i in graph.initializer}
-    shapes = {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
-    derived = {i.name for i in graph.input}
-    for node in graph.node:  # topologically sorted (the checker requires it)
-        if any(i in derived for i in node.input):
-            derived.update(o for o in node.output if o)
-    for name in derived:
-        value = shapes.get(name)
-        if value is None:
-            continue  # no recorded shape: nothing to rewrite (onnxruntime infers it)
-        dims = value.type.tensor_type.shape.dim
-        if not len(dims) or dims[0].dim_value != 1:
-            return False
-        dims[0].Clear()
-        dims[0].dim_param = BATCH_DIM
-    if any(o.name not in derived for o in graph.output):
-        return False
-    for k, node in enumerate(graph.node):
-        if node.op_type != "Reshape" or node.input[0] not in derived:
-            continue
-        target = inits.get(node.input[1]) if len(node.input) > 1 else None
-        result = shapes.get(node.output[0])
-        if target is None or result is None:
-            return False
-        shape = numpy_helper.to_array(target)
-        # the result's recorded shape, batch-1 constants resolved (a ``-1`` of ``reshape(n, -1)`` included)
-        sample = [d.dim_value for d in result.type.tensor_type.shape.dim[1:]]
-        if shape.ndim != 1 or len(shape) != len(sample) + 1 or shape[0] != 1 or not all(sample):
-            return False
-        name = f"{node.input[1]}__batch{k}"
-        graph.initializer.append(numpy_helper.from_array(np.array([-1, *sample], np.int64), name))
-        node.input[1] = name
-    return True
-
-
-#: Per-sample outputs may differ by this share of their largest magnitude between a batch of three and one
-#: sample at a time (kernels pick other blockings by batch size; an int8 rounding may flip one step).
-#: A program that mixes samples differs by the size of its outputs.
-PER_SAMPLE_TOLERANCE = 2e-2
-
-
-def _per_sample(proto: onnx.ModelProto, model: nn.Module, x1: tuple) -> bool:
-    """Whether three different inputs run as one batch give what each gives alone, in onnxruntime on
-    ``proto`` and in ``model`` (that the file computes ``model`` at batch 1 is the exporter's part, checked
-    again with the shipped file over the evaluation split)."""
-    from edgefuse.runtimes import OrtModel  # here: onnxruntime is only needed when a file is exported
-
-    gen = torch.Generator().manual_seed(0)
-    xs = tuple(torch.randn((3, *x.shape[1:]), generator=gen, dtype=x.dtype) for x in x1)
-    names = [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
-    try:
-        session = OrtModel.from_bytes(proto.SerializeToString()).session
-
-        def run_file(k: slice) -> list:
-            return session.run(None, {n: x[k].numpy() for n, x in zip(names, xs)})
-
-        def run_model(k: slice) -> list:
-            with torch.no_grad():
-                out = model(*(x[k] for x in xs))
-            return [o.numpy() for o in (out if isinstance(out, (tuple, list)) else (out,))]
-
-        for run in (run_file, run_model):
-            whole = run(slice(0, 3))
-            for i in range(3):
-                alone = run(slice(i, i + 1))
-                if len(alone) != len(whole) or not all(_close(w[i:i + 1], a) for w, a in zip(whole, alone)):
-                    return False
-    except Exception:
-        return False
-    return True
-
-
-def _close(a, b) -> bool:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape or not np.isfinite(a).all() or not np.isfinite(b).all():
-        return False
-    scale = max(float(np.abs(b).max(initial=0.0)), 1e-6)
-    return float(np.abs(a - b).max(initial=0.0)) <= PER_SAMPLE_TOLERANCE * scale
 
 
 def _functional_program(model: nn.Module, example_inputs: tuple, dynamic_shapes):

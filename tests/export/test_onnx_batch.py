@@ -10,6 +10,7 @@ from torch import nn
 
 import edgefuse.export.onnx as onnx_export
 from edgefuse.export import export_onnx
+from edgefuse.export.onnx_batch import symbolic_batch
 
 
 class SqueezeExcite(nn.Module):
@@ -32,6 +33,19 @@ class MixesSamples(nn.Module):
 
     def forward(self, x):
         return (x - x.mean(0, keepdim=True)).flatten(1)
+
+
+class Upsamples(nn.Module):
+    """An FPN's top-down path: ``interpolate(size=...)`` exports as a Resize to fixed ``sizes``, batch 1
+    included; at batch 3 it would resize every sample's map from the first one's (a difference of 1e-4 in
+    a perturbed FPN, inside any tolerance a per-sample run could use)."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = nn.Conv2d(2, 2, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return x + 1e-3 * nn.functional.interpolate(self.down(x), size=x.shape[-2:], mode="nearest")
 
 
 class MergesBatch(nn.Module):
@@ -73,13 +87,16 @@ def test_a_per_sample_model_is_exported_at_batch_one_and_runs_any_batch(tmp_path
             np.testing.assert_allclose(_run(path, x), model(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("model", [MixesSamples(), MergesBatch()], ids=["mixes-samples", "merges-batch"])
-def test_a_model_that_is_not_per_sample_is_exported_with_a_symbolic_batch(model, tmp_path, monkeypatch):
+@pytest.mark.parametrize("model", [MixesSamples(), MergesBatch(), Upsamples()],
+                         ids=["mixes-samples", "merges-batch", "resize-to-sizes"])
+def test_a_graph_not_shown_per_sample_is_exported_with_a_symbolic_batch(model, tmp_path, monkeypatch):
+    torch.manual_seed(0)
     used = _batch_one_used(monkeypatch)
-    path = export_onnx(model, (torch.zeros(1, 2, 3, 3),), tmp_path / "m.onnx")
+    path = export_onnx(model, (torch.zeros(1, 2, 6, 6),), tmp_path / "m.onnx")
     assert used == [False]  # refused, and the symbolic export wrote the file
-    x = torch.randn(4, 2, 3, 3)
-    np.testing.assert_allclose(_run(path, x), model(x).numpy(), rtol=1e-5, atol=1e-6)
+    x = torch.randn(4, 2, 6, 6)
+    with torch.no_grad():
+        np.testing.assert_allclose(_run(path, x), model(x).numpy(), rtol=1e-6, atol=1e-7)
 
 
 def _reshape_graph(target: list[int], data_dims: list[int], result_dims: list[int]) -> onnx.ModelProto:
@@ -96,7 +113,7 @@ def _reshape_graph(target: list[int], data_dims: list[int], result_dims: list[in
 def test_symbolic_batch_rewrites_a_leading_one_of_reshapes_to_the_per_sample_shape(target):
     result = [1, 12] if len(target) == 2 else [1, 3, 4]
     m = _reshape_graph(target, [1, 3, 2, 2], result)
-    assert onnx_export._symbolic_batch(m)
+    assert symbolic_batch(m)
     shapes = {i.name: onnx.numpy_helper.to_array(i).tolist() for i in m.graph.initializer}
     assert shapes[m.graph.node[1].input[1]] == [-1, *result[1:]]
     assert [d.dim_param for v in (m.graph.input[0], m.graph.value_info[0], m.graph.output[0])
@@ -106,9 +123,39 @@ def test_symbolic_batch_rewrites_a_leading_one_of_reshapes_to_the_per_sample_sha
     np.testing.assert_array_equal(sess.run(None, {"x": x})[0], np.maximum(x, 0).reshape(5, *result[1:]))
 
 
+def _graph(node: onnx.NodeProto, x_dims, y_dims, **constants) -> onnx.ModelProto:
+    h = onnx.helper
+    return h.make_model(h.make_graph(
+        [node], "g", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x_dims)],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, y_dims)],
+        [onnx.numpy_helper.from_array(np.asarray(v), k) for k, v in constants.items()]))
+
+
 def test_symbolic_batch_refuses_what_it_cannot_show_per_sample():
     # a target whose dimension 0 is not 1 (moves the batch), or a result of unknown size
-    assert not onnx_export._symbolic_batch(_reshape_graph([3, 4], [1, 3, 2, 2], [3, 4]))
-    assert not onnx_export._symbolic_batch(_reshape_graph([1, -1], [1, 3, 2, 2], [1, "n"]))
+    assert not symbolic_batch(_reshape_graph([3, 4], [1, 3, 2, 2], [3, 4]))
+    assert not symbolic_batch(_reshape_graph([1, -1], [1, 3, 2, 2], [1, "n"]))
     # a tensor computed from the input whose dimension 0 is not the batch of one
-    assert not onnx_export._symbolic_batch(_reshape_graph([1, 12], [3, 1, 2, 2], [1, 12]))
+    assert not symbolic_batch(_reshape_graph([1, 12], [3, 1, 2, 2], [1, 12]))
+    h = onnx.helper
+    refused = [  # nodes that work across dimension 0, or carry a batch-1 constant
+        (h.make_node("ReduceMean", ["x", "axes"], ["y"]), [1, 3], [1, 3], {"axes": np.array([0], np.int64)}),
+        (h.make_node("Softmax", ["x"], ["y"], axis=0), [1, 3], [1, 3], {}),
+        (h.make_node("Transpose", ["x"], ["y"], perm=[1, 0]), [1, 3], [3, 1], {}),
+        (h.make_node("Flatten", ["x"], ["y"], axis=2), [1, 3, 2], [3, 2], {}),
+        (h.make_node("Add", ["x", "c"], ["y"]), [1, 3], [2, 3], {"c": np.zeros((2, 3), np.float32)}),
+        (h.make_node("Expand", ["x", "s"], ["y"]), [1, 3], [1, 3], {"s": np.array([1, 3], np.int64)}),
+        (h.make_node("Resize", ["x", "", "", "s"], ["y"]), [1, 1, 2, 2], [1, 1, 4, 4],
+         {"s": np.array([1, 1, 4, 4], np.int64)}),
+        (h.make_node("Shape", ["x"], ["y"]), [1, 3], [2], {}),
+    ]
+    for node, x_dims, y_dims, constants in refused:
+        assert not symbolic_batch(_graph(node, x_dims, y_dims, **constants)), node.op_type
+    admitted = [
+        (h.make_node("ReduceMean", ["x", "axes"], ["y"]), [1, 3, 2], [1, 2], {"axes": np.array([-2], np.int64)}),
+        (h.make_node("Add", ["x", "c"], ["y"]), [1, 3], [1, 3], {"c": np.zeros((1, 3), np.float32)}),
+        (h.make_node("Resize", ["x", "", "sc"], ["y"], mode="nearest"), [1, 1, 2, 2], [1, 1, 4, 4],
+         {"sc": np.array([1, 1, 2, 2], np.float32)}),
+    ]
+    for node, x_dims, y_dims, constants in admitted:
+        assert symbolic_batch(_graph(node, x_dims, y_dims, **constants)), node.op_type
