@@ -125,6 +125,8 @@ def _per_sample_node(node, ctx: _Context) -> bool:
     derived = [i in ctx.derived for i in ins]
     rank = ctx.rank(ins[0]) if ins and ins[0] else None
     out_rank = ctx.rank(node.output[0]) if node.output else None
+    if out_rank is None:
+        return False
     if op in _ELEMENTWISE:
         if op in ("QuantizeLinear", "DequantizeLinear"):
             # an activation's scale and zero point are per-tensor, or per-channel along an axis other than 0
