@@ -21,18 +21,27 @@ def prefers_channels_last(x: torch.Tensor) -> bool:
     return x.ndim == 4 and x.shape[1] >= 3 and x.shape[2] * x.shape[3] >= CHANNELS_LAST_MIN_PIXELS
 
 
+def run_first_batch(model, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``model``'s output on ``x``, channels-last when the rule says so and ``model`` accepts such a batch (a
+    hand-written ``x.view(b, -1)`` of a feature map does not), and whether it was: the layout for the batches
+    that follow. ``model`` must be stateless (not an observer-laden calibration graph)."""
+    with torch.no_grad():
+        if prefers_channels_last(x):
+            try:
+                return model(x.contiguous(memory_format=torch.channels_last)), True
+            except Exception:
+                pass
+        return model(x), False
+
+
 def runs_channels_last(model, x: torch.Tensor) -> bool:
-    """Whether ``model`` should get ``x``-like batches channels-last: the rule says so, and ``model`` accepts
-    such a batch (a hand-written ``x.view(b, -1)`` of a feature map does not). Runs ``model`` on ``x`` once
-    when the rule says so; ``model`` must be stateless (not an observer-laden calibration graph)."""
-    if not prefers_channels_last(x):
-        return False
-    try:
-        with torch.no_grad():
-            model(x.contiguous(memory_format=torch.channels_last))
-    except Exception:
-        return False
-    return True
+    """Whether ``model`` should get ``x``-like batches channels-last (runs it on ``x`` when the rule says so)."""
+    return prefers_channels_last(x) and run_first_batch(model, x)[1]
+
+
+def in_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``x`` channels-last, or as it is."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def dense_view(x: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,6 @@ from torchao.quantization.pt2e.quantizer import (  # noqa: E402
 )
 
 
-
 def _dense(observer: type) -> type:
     """``observer`` fed a copy-free dense view of a channels-last activation (calibration runs such batches
     channels-last): the range and the histogram do not depend on the order of the elements, so they come
