@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from edgefuse._layout import dense_view, prefers_channels_last, runs_channels_last
-from edgefuse.quantize.quantizer import ACTIVATION_OBSERVERS
+from edgefuse.quantize.observers import ACTIVATION_OBSERVERS
 from edgefuse.training import predict
 
 BIG = (3, 128, 128)  # the smallest input the rule evaluates channels-last

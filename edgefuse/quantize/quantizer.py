@@ -28,14 +28,13 @@ import torch
 from torch.fx import Node
 
 from edgefuse._inplace import functionalize_inplace
-from edgefuse._layout import dense_view
 from edgefuse._quiet import import_pt2e
 from edgefuse.quantize.config import QuantConfig
+from edgefuse.quantize.observers import ACTIVATION_OBSERVERS
 
 import_pt2e()
 from torchao.quantization.pt2e import (  # noqa: E402
     FusedMovingAvgObsFakeQuantize,
-    HistogramObserver,
     MinMaxObserver,
     MovingAverageMinMaxObserver,
     MovingAveragePerChannelMinMaxObserver,
@@ -50,25 +49,6 @@ from torchao.quantization.pt2e.quantizer import (  # noqa: E402
     SharedQuantizationSpec,
 )
 
-
-def _dense(observer: type) -> type:
-    """``observer`` fed a copy-free dense view of a channels-last activation (calibration runs such batches
-    channels-last): the range and the histogram do not depend on the order of the elements, so they come
-    out the same, and ``aminmax``/``histc`` no longer copy every activation first (2 s of the 7 s that
-    96 images at 224x224 through MobileNetV3-large spent in them)."""
-
-    class Dense(observer):
-        def forward(self, x_orig):
-            super().forward(dense_view(x_orig))
-            return x_orig
-
-    Dense.__name__ = Dense.__qualname__ = observer.__name__
-    return Dense
-
-
-#: The calibration observers of activations, by ``QuantConfig.calibration``.
-ACTIVATION_OBSERVERS = {"minmax": _dense(MinMaxObserver), "moving_average": _dense(MovingAverageMinMaxObserver),
-                        "histogram": _dense(HistogramObserver)}
 
 aten = torch.ops.aten
 _WEIGHT_EPS = 2**-12  # weights only (per-channel scales of all-zero channels)
