@@ -7,9 +7,10 @@ of the 7 s that 96 images at 224x224 through MobileNetV3-large spent in them).
 
 The histogram observer bins large tensors with one fused multiply-add, a cast and ``torch.bincount``
 instead of ``torch.histc`` (:func:`fast_histc`): the same bins for every value not within float rounding
-of a bin edge (1.6e-5 of MobileNetV3-large's values move to a neighbouring bin; its 325 scales come out
-bit-identical), at 0.3-0.6x the cost. ``histc`` was 9-11 s of the 15-17 s that calibrating MobileNetV3-large
-on 300 images at 224x224 took (it searches each value's bin among the edges; this computes it).
+of a bin edge (1.6e-5 of MobileNetV3-large's values move to a neighbouring bin; the ranges of its 113
+observers come out bit-identical). ``histc`` was 9-11 s of the 15-17 s that calibrating MobileNetV3-large
+on 300 images at 224x224 took (it searches each value's bin among the edges; this computes it);
+calibration now takes 0.77x the time there, 0.74x for EfficientNet-B0.
 """
 
 from __future__ import annotations
