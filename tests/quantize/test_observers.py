@@ -19,12 +19,14 @@ def _moved(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().sum()) / 2
 
 
-@pytest.mark.parametrize("kind", ["normal", "relu", "heavy_tail", "few_levels"])
+@pytest.mark.parametrize("kind", ["normal", "relu", "heavy_tail", "few_levels", "far_from_zero"])
 def test_fast_histc_bins_as_histc(kind):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(SHAPE, generator=g)
     x = {"normal": x, "relu": x.relu(), "heavy_tail": x ** 3,
-         "few_levels": torch.randint(0, 7, SHAPE, generator=g).float() / 3}[kind]
+         "few_levels": torch.randint(0, 7, SHAPE, generator=g).float() / 3,
+         # a range narrow for its distance from zero, where the fused multiply-add would cancel
+         "far_from_zero": 3e5 + 40 * torch.rand(SHAPE, generator=g)}[kind]
     lo, hi = torch.aminmax(x)
     for bins in (2048, 256):
         fast, ref = fast_histc(x, bins, lo, hi), torch.histc(x, bins, min=float(lo), max=float(hi))
@@ -42,6 +44,26 @@ def test_fast_histc_hands_degenerate_and_small_tensors_to_histc():
     small = torch.randn(10, 10)
     assert torch.equal(fast_histc(small, 64, small.min(), small.max()), torch.histc(small, 64, float(small.min()),
                                                                                      float(small.max())))
+
+
+def test_fast_histc_split_over_threads_counts_the_same():
+    """A tensor of several chunks is binned on torch's threads, each its own range of chunks: the counts are
+    the single-thread counts (integers added in another order), the odd tail included."""
+    from edgefuse.quantize import observers
+
+    x = torch.randn(3 * observers._CHUNK + 1001, generator=torch.Generator().manual_seed(2)) ** 3
+    lo, hi = torch.aminmax(x)
+    threads, observers._POOL = torch.get_num_threads(), None
+    try:
+        torch.set_num_threads(1)
+        one = fast_histc(x, 2048, lo, hi)
+        torch.set_num_threads(3)
+        split = fast_histc(x, 2048, lo, hi)
+    finally:
+        torch.set_num_threads(threads)
+    assert observers._POOL is not None  # the split path ran (only it makes the pool)
+    assert torch.equal(one, split) and float(split.sum()) == x.numel()
+    assert _moved(split, torch.histc(x, 2048, min=float(lo), max=float(hi))) <= 1e-4 * x.numel()
 
 
 def _batches():
