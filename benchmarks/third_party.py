@@ -76,6 +76,7 @@ def measure(name: str, size: int, work: Path, *, formats=("onnx",), threads=(), 
     row = {
         "model": name, "size": size,
         "export_s": round(export_s, 1),
+        "export_stage_s": res.seconds,
         "gate_failures": report.failures,
         "artifact_agreement": report.extra["pytorch_agreement"],
         "edgefuse_vs_program": report.extra["pytorch_agreement"][files["edgefuse_int8"].name],

@@ -63,6 +63,9 @@ def export_result(res) -> None:
     if res.report:
         validation_report(res.report, res.accuracy)
         line(f"report: {res.export.out_dir / 'report.md'} (and report.html)")
+    if res.seconds:
+        line("time: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in res.seconds.items())
+             + f" (stages {sum(res.seconds.values()):.1f} s)")
 
 
 def validation_report(report, accuracy: Optional[dict] = None) -> None:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -117,6 +118,10 @@ class ExportOutcome:
         report: the gate's report (None without validation or int8); its verdict is ``report.passed``.
         fallback: the fp32 fallback's record, when a budget triggered it.
         rank: under torchrun, the rank of a process that helped with QAT and wrote nothing.
+        seconds: wall seconds of each stage this run went through, in order (``load``, ``evaluate_fp32``,
+            ``quantize`` -- calibration, conversion, the int8 program's evaluation and any fallback search --,
+            ``fallback_latency``, ``artifacts``, ``gate``, ``publish``): where an export's time went, shown by
+            the CLI and recorded by ``benchmarks/third_party.py``.
     """
 
     source: dict
@@ -125,6 +130,7 @@ class ExportOutcome:
     report: ValidationReport | None = None
     fallback: FallbackResult | None = None
     rank: int | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -271,6 +277,20 @@ def _latency_threads(req: ExportRequest, progs: Programs) -> int | None:
     return req.threads
 
 
+class _StageClock:
+    """Calls a stage and adds its wall seconds to ``seconds`` under the stage's name (also when it raises)."""
+
+    def __init__(self, seconds: dict[str, float]) -> None:
+        self.seconds = seconds
+
+    def __call__(self, name: str, stage, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return stage(*args, **kwargs)
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 2)
+
+
 def run_export(req: ExportRequest, *, progress: Progress = NullProgress(),
                dist: DistContext | None = None) -> ExportOutcome:
     """``edgefuse export``: the stages above, each once. Does not raise on a failed gate (see ``report.passed``).
@@ -281,10 +301,13 @@ def run_export(req: ExportRequest, *, progress: Progress = NullProgress(),
     if dist is not None and dist.enabled and not dist.is_main and req.qat_config is None:
         return ExportOutcome(source={}, rank=dist.rank)  # nothing to share
     check_request(req)
-    inputs = load_inputs(req)
-    outcome = ExportOutcome(source=inputs.info)
-    fp32_predicted = _record_accuracy(outcome.accuracy, "fp32_pytorch", inputs.model, inputs.test_ds)
-    progs = quantize_programs(req, inputs, outcome.accuracy, progress, dist)
+    seconds: dict[str, float] = {}
+    clock = _StageClock(seconds)
+    inputs = clock("load", load_inputs, req)
+    outcome = ExportOutcome(source=inputs.info, seconds=seconds)
+    fp32_predicted = clock("evaluate_fp32", _record_accuracy, outcome.accuracy, "fp32_pytorch", inputs.model,
+                           inputs.test_ds)
+    progs = clock("quantize", quantize_programs, req, inputs, outcome.accuracy, progress, dist)
     progs.predicted["fp32"] = fp32_predicted
     outcome.fallback = progs.fallback
     if dist is not None and dist.enabled and not dist.is_main:
@@ -295,8 +318,9 @@ def run_export(req: ExportRequest, *, progress: Progress = NullProgress(),
                       "seed": req.seed, "accuracy_pytorch": outcome.accuracy}
     fb = progs.fallback
     if fb is not None and fb.kept_fp32:
-        fb.latency_ms = fallback_latency(inputs.model, inputs.calib_ds, fb, progs.onnxruntime.config, req.threads,
-                                         req.runs, {0: progs.all_int8, len(fb.kept_fp32): progs.onnxruntime})
+        fb.latency_ms = clock("fallback_latency", fallback_latency, inputs.model, inputs.calib_ds, fb,
+                              progs.onnxruntime.config, req.threads, req.runs,
+                              {0: progs.all_int8, len(fb.kept_fp32): progs.onnxruntime})
         manifest_extra["fp32_fallback"] = fb.to_dict()
     check_inputs = None
     if inputs.test_ds is not None:
@@ -306,13 +330,13 @@ def run_export(req: ExportRequest, *, progress: Progress = NullProgress(),
     # staging to publishing: a signal between two steps must not leave the staging folder behind.)
     staged = None
     try:
-        staged = stage_artifacts(inputs.model, inputs.contract, req.out_dir, quantized=progs.onnxruntime,
-                                 pte_quantized=progs.xnnpack, formats=req.formats, batch=req.batch, opset=req.opset,
-                                 force=req.force, check_inputs=check_inputs, manifest_extra=manifest_extra,
-                                 latency_threads=_latency_threads(req, progs))
-        outcome.report = gate_staged(req, staged, inputs, progs, outcome.accuracy, progress)
-        outcome.export = publish_artifacts(staged, force=req.force,
-                                           gate=None if outcome.report is None else outcome.report.gate.to_dict())
+        staged = clock("artifacts", stage_artifacts, inputs.model, inputs.contract, req.out_dir,
+                       quantized=progs.onnxruntime, pte_quantized=progs.xnnpack, formats=req.formats, batch=req.batch,
+                       opset=req.opset, force=req.force, check_inputs=check_inputs, manifest_extra=manifest_extra,
+                       latency_threads=_latency_threads(req, progs))
+        outcome.report = clock("gate", gate_staged, req, staged, inputs, progs, outcome.accuracy, progress)
+        outcome.export = clock("publish", publish_artifacts, staged, force=req.force,
+                               gate=None if outcome.report is None else outcome.report.gate.to_dict())
     except BaseException:
         if staged is not None:
             discard_staged(staged)

@@ -85,9 +85,12 @@ def test_debug_env_shows_traceback(tmp_path):
 def test_export_int8_then_validate_cli(trained_checkpoint, tmp_path):
     out = tmp_path / "build"
     r = run_process("export", str(trained_checkpoint), "--int8", "--out", str(out), "--format", "onnx", "--runs", "20",
-            "--max-drop", "0.5", "--max-latency-ratio", "50", "--quiet")
+            "--max-drop", "0.5", "--max-latency-ratio", "50", "--json")
     assert r.returncode == 0, r.stderr
     assert {p.name for p in out.iterdir()} >= {"model.fp32.onnx", "model.int8.onnx", "manifest.json", "report.json", "report.md"}
+    shown = json.loads(r.stdout)
+    assert shown["gate"]["passed"] is True
+    assert list(shown["stage_seconds"]) == ["load", "evaluate_fp32", "quantize", "artifacts", "gate", "publish"]
     r = run("validate", "--fp32", str(out / "model.fp32.onnx"), "--int8", str(out / "model.int8.onnx"),
             "--data", "digits", "--runs", "10", "--max-drop", "0.5", "--max-latency-ratio", "50", "--json")
     assert r.returncode == 0, r.stderr

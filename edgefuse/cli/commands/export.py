@@ -95,7 +95,8 @@ def export(
     if res.export is None:  # a helper rank under torchrun: QAT done, rank 0 writes and reports
         return
     report = res.report
-    show.emit(report.to_dict() if report else {"artifacts": res.export.manifest["artifacts"]},
+    show.emit({**(report.to_dict() if report else {"artifacts": res.export.manifest["artifacts"]}),
+               "stage_seconds": res.seconds},
               lambda: render.export_result(res))
     if report and not report.passed:
         raise GateFailed("gate failed: " + "; ".join(report.failures))
