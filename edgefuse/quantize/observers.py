@@ -17,6 +17,7 @@ tensor of several chunks is split over torch's threads (the binning of MobileNet
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -77,14 +78,27 @@ def _count(flat: torch.Tensor, offset: float, scale: float, bins: int) -> torch.
 
 
 _POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
     """A process-wide pool of at least ``workers`` threads (torch ops release the GIL)."""
-    global _POOL
-    if _POOL is None or _POOL._max_workers < workers:
-        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgefuse-histc")
+    global _POOL, _POOL_SIZE
+    if _POOL is None or _POOL_SIZE < workers:
+        if _POOL is not None:
+            _POOL.shutdown(wait=False)
+        _POOL, _POOL_SIZE = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgefuse-histc"), workers
     return _POOL
+
+
+def _forget_pool() -> None:
+    # A forked child (a DataLoader worker, say) inherits the pool object but none of its threads: work
+    # submitted to it would never run.
+    global _POOL, _POOL_SIZE
+    _POOL, _POOL_SIZE = None, 0
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _dense(observer: type) -> type:

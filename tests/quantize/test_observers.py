@@ -66,6 +66,33 @@ def test_fast_histc_split_over_threads_counts_the_same():
     assert _moved(split, torch.histc(x, 2048, min=float(lo), max=float(hi))) <= 1e-4 * x.numel()
 
 
+def test_a_forked_child_does_not_inherit_the_histogram_pool():
+    """A forked process inherits the pool object but not its threads (work submitted there would never
+    run): the child starts without one and makes its own."""
+    import multiprocessing
+
+    from edgefuse.quantize import observers
+
+    x = torch.randn(3 * observers._CHUNK, generator=torch.Generator().manual_seed(3))
+    lo, hi = torch.aminmax(x)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fast_histc(x, 2048, lo, hi)
+    finally:
+        torch.set_num_threads(threads)
+    assert observers._POOL is not None
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        # (no torch op in the child: torch's own OpenMP threads do not survive a fork either)
+        assert pool.apply_async(_child_has_no_pool).get(timeout=60) is True
+
+
+def _child_has_no_pool():
+    from edgefuse.quantize import observers
+
+    return observers._POOL is None and observers._POOL_SIZE == 0
+
+
 def _batches():
     g = torch.Generator().manual_seed(1)
     base = torch.randn(SHAPE, generator=g)
