@@ -28,13 +28,13 @@ def test_artifacts_and_manifest(exported):
     assert not list(res.out_dir.glob(".edgefuse-export-*"))
 
 
-
 def test_outcome_records_each_stage_once_in_order(exported):
     """The conductor times every stage it ran (the CLI prints them; the third-party benchmark records them)."""
     seconds = exported.seconds
     assert list(seconds) == ["load", "evaluate_fp32", "quantize", "artifacts", "gate", "publish"]
     assert all(isinstance(v, float) and v >= 0 for v in seconds.values())
     assert seconds["quantize"] > 0 and seconds["artifacts"] > 0  # calibration and two exports cannot take 0 s
+
 
 def test_int8_onnx_holds_int8_weights_and_is_small(exported):
     res = exported.export
