@@ -70,3 +70,34 @@ def test_exclude_applies_to_xnnpack_too():
     convs = [n for n in q.program.graph.nodes if n.target == torch.ops.aten.conv2d.default]
     fp32_convs = {module_path(n) for n in convs if n.args[1].op == "get_attr"}
     assert fp32_convs and all(p.startswith("stages.3.0") for p in fp32_convs), fp32_convs
+
+
+def test_pte_check_on_real_images_passes_a_faithful_file_and_refuses_outputs_of_other_images(tiny_checkpoint,
+                                                                                            tmp_path):
+    """The load-back check of a ``.pte`` runs real images (not a blank input, which sits on rounding ties)
+    and judges their outputs together: the file's own outputs pass, the same outputs shifted by one image
+    -- what a file computing something else gives at best -- do not."""
+    import numpy as np
+
+    from edgefuse.checkpoint import load_checkpoint
+    from edgefuse.data import ImageDataset, load_data
+    from edgefuse.export.executorch_pte import MIN_SQNR_DB, export_pte, judge_against_program
+    from edgefuse.quantize import TensorBatches
+    from edgefuse.runtimes import PteModel
+
+    # a trained model: its outputs depend on the image (a random network's barely do)
+    loaded = load_checkpoint(tiny_checkpoint)
+    d = load_data("digits")
+    calib, test = ImageDataset(d.train, loaded.contract), ImageDataset(d.test, loaded.contract)
+    q = quantize_ptq(loaded.model, TensorBatches(calib, 64, 32), XNN)
+    x = torch.stack([test[i][0] for i in range(16)])
+    details = export_pte(q.program, torch.zeros(1, 1, 32, 32), tmp_path / "m.int8.pte", check_inputs=x)
+    assert details["check_samples"] == 16 and details["sqnr_vs_pytorch_db"] >= MIN_SQNR_DB["int8"]
+    with torch.no_grad():
+        ref = q.program(x).numpy()
+    got = PteModel(tmp_path / "m.int8.pte").run(x.numpy())
+    assert judge_against_program(ref, got, MIN_SQNR_DB["int8"])["passed"]
+    other = judge_against_program(ref, np.roll(got, 1, axis=0), MIN_SQNR_DB["int8"])
+    assert not other["passed"] and "SQNR" in other["reason"] and "16 image(s)" in other["reason"]
+    nan = judge_against_program(ref, np.full_like(got, np.nan), MIN_SQNR_DB["int8"])
+    assert not nan["passed"]

@@ -22,7 +22,8 @@ def build(ctx: BuildContext) -> list[Artifact]:
     arts = []
     for precision, module in ctx.xnnpack_variants:
         name = f"model.{precision}.pte"
-        arts.append(Artifact(name, "pte", precision, details=export_pte(module, example, ctx.folder / name)))
+        details = export_pte(module, example, ctx.folder / name, check_inputs=ctx.check_inputs, precision=precision)
+        arts.append(Artifact(name, "pte", precision, details=details))
     return arts
 
 
