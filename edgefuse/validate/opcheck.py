@@ -42,6 +42,11 @@ from edgefuse.quantize.quantizer import module_path
 # A faithful file: at most one step on any code, and on at most this share of a tensor's codes.
 MAX_STEP = 1
 MAX_FRACTION = 1e-3
+# onnxruntime's element-wise QLinearAdd/QLinearMul requantize with their own rounding, which differs by CPU
+# kind: on AVX2 without VNNI a faithful MobileNetV3 residual Add has 0.10 % of its codes one step off (the
+# convs of the same file 4e-5 at most); an activation scale 3 % off moves 99.97 % of a tensor's codes.
+MAX_FRACTION_ELEMENTWISE = 1e-2
+_ELEMENTWISE = {torch.ops.aten.add.Tensor, torch.ops.aten.mul.Tensor}
 IMAGES = 32
 
 _QUANTIZE = torch.ops.quantized_decomposed.quantize_per_tensor.default
@@ -65,7 +70,7 @@ class OpCheck:
         output_error: the largest difference of the file's outputs from the forced program's, relative to the
             largest output magnitude.
         passed: every op of the file computes its program's op (within one step on at most
-            ``MAX_FRACTION`` of the codes) and the outputs agree.
+            ``MAX_FRACTION`` of the codes, ``MAX_FRACTION_ELEMENTWISE`` for Add/Mul) and the outputs agree.
         reason: why it did not pass (empty when it did).
     """
 
@@ -165,7 +170,9 @@ def check_ops(program: fx.GraphModule, onnx_path: str | Path, inputs: torch.Tens
                 d = (r.to(torch.int32) - c.to(torch.int32)).abs()
                 src = n.args[0]
                 diffs[n.name] = (float((d > 0).float().mean()), int(d.max()) if d.numel() else 0,
-                                 f"{module_path(src) or '(input)'} {getattr(src, 'target', src)}")
+                                 f"{module_path(src) or '(input)'} {getattr(src, 'target', src)}",
+                                 MAX_FRACTION_ELEMENTWISE if getattr(src, "target", None) in _ELEMENTWISE
+                                 else MAX_FRACTION)
                 return c.to(r.dtype)
             return r
 
@@ -185,12 +192,14 @@ def check_ops(program: fx.GraphModule, onnx_path: str | Path, inputs: torch.Tens
     worst = max(diffs.values(), key=lambda v: (v[0], v[1]))
     step = max(v[1] for v in diffs.values())
     frac = worst[0]
+    over = max((v for v in diffs.values() if v[0] > v[3]), key=lambda v: v[0] / v[3], default=None)
     reason = ""
     if step > MAX_STEP:
         bad = max(diffs.values(), key=lambda v: v[1])
         reason = f"{bad[2]}: codes up to {bad[1]} steps from the program's, given the same inputs"
-    elif frac > MAX_FRACTION:
-        reason = f"{worst[2]}: {100 * frac:.2f} % of its codes differ from the program's, given the same inputs"
+    elif over is not None:
+        reason = (f"{over[2]}: {100 * over[0]:.2f} % of its codes differ from the program's, given the same inputs "
+                  f"(at most {100 * over[3]:g} %)")
     elif err > 2.0 / 255:  # the outputs may differ by the last tensor's one step, not more
         reason = f"outputs differ from the forced program's by {100 * err:.2f} % of their range"
     return OpCheck(path.name, len(activation_q), len(pairs), len(x), frac, step, worst[2], err, not reason, reason)

@@ -14,9 +14,15 @@ from edgefuse.export import export_artifacts
 from edgefuse.models import create_model
 from edgefuse.models.third_party import calibrate_batch_norm
 from edgefuse.quantize import TensorBatches, quantize_ptq
+from edgefuse.quantize.targets import quant_config_for
 from edgefuse.validate import Budgets
-from edgefuse.validate.opcheck import MAX_FRACTION, check_ops
+from edgefuse.validate.opcheck import MAX_FRACTION, MAX_FRACTION_ELEMENTWISE, check_ops
 from tests.conftest import damage_int8_onnx
+
+# These files run in this machine's onnxruntime: quantized for this CPU, as `export` does (x86 without
+# VNNI takes 7-bit weights; full-range ones saturate its u8 x s8 pair sums and the file stops computing
+# its program).
+HERE = quant_config_for()
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +36,7 @@ def built(tmp_path_factory):
     # batch-norm statistics from data, as a few training steps would give: a random-init network's
     # activations are otherwise ~0 (scales of 1e-7) and every gate sits on its rounding tie
     calibrate_batch_norm(model, (torch.stack([calib[j][0] for j in range(i, i + 32)]) for i in range(0, 320, 32)))
-    q = quantize_ptq(model, TensorBatches(calib, 32, 16))
+    q = quantize_ptq(model, TensorBatches(calib, 32, 16), HERE)
     res = export_artifacts(model, contract, tmp_path_factory.mktemp("opcheck"), quantized=q, formats=("onnx", "ort"))
     x = torch.stack([test[i][0] for i in range(32)])
     return model, q.program, res, test, x
@@ -48,7 +54,9 @@ def test_a_faithful_file_is_cleared_tensor_by_tensor(built):
     c = check_ops(program, res.path("onnx", "int8"), x)
     assert c.passed, c
     assert c.tensors > 20 and c.paired >= c.tensors - 2 and c.images == 32  # a rewrite may add one
-    assert c.worst_step <= 1 and c.worst_fraction <= MAX_FRACTION and c.output_error <= 2 / 255
+    elementwise = c.worst_tensor.endswith(("aten.add.Tensor", "aten.mul.Tensor"))
+    assert c.worst_fraction <= (MAX_FRACTION_ELEMENTWISE if elementwise else MAX_FRACTION), c
+    assert c.worst_step <= 1 and c.output_error <= 2 / 255
 
 
 def test_noise_weights_fail(built, tmp_path):
