@@ -92,6 +92,15 @@ def exported(trained_checkpoint, tmp_path_factory):
     return res
 
 
+def quant_config_here():
+    """The int8 flavour of this machine's CPU, as `export` picks it: for tests that run int8 files in this
+    machine's onnxruntime (x86 without VNNI takes 7-bit weights; full-range ones saturate its u8 x s8 pair
+    sums there, and the file stops computing its program)."""
+    from edgefuse.quantize.targets import quant_config_for
+
+    return quant_config_for()
+
+
 def damage_int8_onnx(src, dst, seed=0):
     """Write a copy of an int8 ONNX whose int8 weights are replaced by noise (a broken quantization)."""
     import numpy as np

@@ -16,14 +16,9 @@ from edgefuse.export import export_artifacts
 from edgefuse.export.int8_activations import int8_hard_activations
 from edgefuse.models import create_model
 from edgefuse.quantize import TensorBatches, quantize_ptq
-from edgefuse.quantize.targets import quant_config_for
 from edgefuse.runtimes import OrtModel
 from edgefuse.validate.doctor import diagnose
-
-# These files run in this machine's onnxruntime: quantized for this CPU, as `export` does (x86 without
-# VNNI takes 7-bit weights; full-range ones saturate its u8 x s8 pair sums and the file stops computing
-# its program).
-HERE = quant_config_for()
+from tests.conftest import quant_config_here
 
 
 def _qdq_graph(op: str, dtype, s_x: float, z_x: int, s_o: float, z_o: int, **attrs) -> onnx.ModelProto:
@@ -132,7 +127,7 @@ def test_hard_swish_is_quantized_in_the_program_and_the_file_computes_it(tmp_pat
         model.bn.running_mean.uniform_(-1, 1), model.bn.running_var.uniform_(0.5, 2)
     contract = PreprocessContract(16, 3, [0.5] * 3, [0.25] * 3)
     xs = [2 * torch.randn(3, 16, 16) for _ in range(64)]  # activations on both sides of the clips at -3 and +3
-    q = quantize_ptq(model, TensorBatches(xs, 64, 16), HERE)
+    q = quantize_ptq(model, TensorBatches(xs, 64, 16), quant_config_here())
     nodes = [n for n in q.program.graph.nodes if n.op == "call_function"]
     targets = [n.target for n in nodes]
     aten = torch.ops.aten
@@ -157,7 +152,7 @@ def test_mobilenetv3_hard_swish_runs_on_int8_kernels(tmp_path):
     calib, test = ImageDataset(d.train, contract), ImageDataset(d.test, contract)
     torch.manual_seed(0)
     model = create_model("mobilenetv3", 10, act=None, gate="hard_sigmoid").eval()  # the paper's activations
-    q = quantize_ptq(model, TensorBatches(calib, 32, 16), HERE)
+    q = quantize_ptq(model, TensorBatches(calib, 32, 16), quant_config_here())
     res = export_artifacts(model, contract, tmp_path, quantized=q, formats=("onnx",))
     details = next(a.details for a in res.artifacts if a.precision == "int8")
     assert details["int8_activations"]["hardsigmoid"] >= 13  # 10+ hard-swish gates and 3+ SE gates
@@ -194,7 +189,7 @@ def test_silu_is_quantized_in_the_program_and_the_file_computes_it(tmp_path):
         model.bn.running_mean.uniform_(-1, 1), model.bn.running_var.uniform_(0.5, 2)
     contract = PreprocessContract(16, 3, [0.5] * 3, [0.25] * 3)
     xs = [torch.randn(3, 16, 16) for _ in range(64)]
-    q = quantize_ptq(model, TensorBatches(xs, 64, 16), HERE)
+    q = quantize_ptq(model, TensorBatches(xs, 64, 16), quant_config_here())
     targets = [n.target for n in q.program.graph.nodes if n.op == "call_function"]
     assert torch.ops.aten.silu.default not in targets and torch.ops.aten.silu_.default not in targets
     assert targets.count(torch.ops.aten.sigmoid.default) == 2

@@ -13,15 +13,10 @@ from edgefuse.export.kernel_choice import PAYS, choose_fp32_prefix, fp32_region,
 from edgefuse.metrics import sqnr_db
 from edgefuse.models import create_model
 from edgefuse.quantize import TensorBatches, quantize_ptq
-from edgefuse.quantize.targets import quant_config_for
 from edgefuse.quantize.fp32_region import fp32_region as program_fp32_region
 from edgefuse.quantize.targets import measurable_here
 from edgefuse.runtimes import OrtModel
-
-# These files run in this machine's onnxruntime: quantized for this CPU, as `export` does (x86 without
-# VNNI takes 7-bit weights; full-range ones saturate its u8 x s8 pair sums and the file stops computing
-# its program).
-HERE = quant_config_for()
+from tests.conftest import quant_config_here
 
 
 def _quantizers(g: onnx.ModelProto) -> int:
@@ -34,7 +29,7 @@ def se_resnet(tmp_path_factory):
     c = PreprocessContract(32, 1, [0.306], [0.324], d.class_names)
     torch.manual_seed(0)
     model = create_model("resnet", 10, fusion="se").eval()
-    q = quantize_ptq(model, TensorBatches(ImageDataset(d.train, c), 64, 16), HERE)
+    q = quantize_ptq(model, TensorBatches(ImageDataset(d.train, c), 64, 16), quant_config_here())
     res = export_artifacts(model, c, tmp_path_factory.mktemp("se"), quantized=q, formats=("onnx",))
     x = torch.stack([ImageDataset(d.test, c)[i][0] for i in range(64)])
     return model, q, onnx.load(res.path("onnx", "int8")), res.path("onnx", "fp32"), x

@@ -14,15 +14,9 @@ from edgefuse.export import export_artifacts
 from edgefuse.models import create_model
 from edgefuse.models.third_party import calibrate_batch_norm
 from edgefuse.quantize import TensorBatches, quantize_ptq
-from edgefuse.quantize.targets import quant_config_for
 from edgefuse.validate import Budgets
 from edgefuse.validate.opcheck import MAX_FRACTION, MAX_FRACTION_ELEMENTWISE, check_ops
-from tests.conftest import damage_int8_onnx
-
-# These files run in this machine's onnxruntime: quantized for this CPU, as `export` does (x86 without
-# VNNI takes 7-bit weights; full-range ones saturate its u8 x s8 pair sums and the file stops computing
-# its program).
-HERE = quant_config_for()
+from tests.conftest import damage_int8_onnx, quant_config_here
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +30,7 @@ def built(tmp_path_factory):
     # batch-norm statistics from data, as a few training steps would give: a random-init network's
     # activations are otherwise ~0 (scales of 1e-7) and every gate sits on its rounding tie
     calibrate_batch_norm(model, (torch.stack([calib[j][0] for j in range(i, i + 32)]) for i in range(0, 320, 32)))
-    q = quantize_ptq(model, TensorBatches(calib, 32, 16), HERE)
+    q = quantize_ptq(model, TensorBatches(calib, 32, 16), quant_config_here())
     res = export_artifacts(model, contract, tmp_path_factory.mktemp("opcheck"), quantized=q, formats=("onnx", "ort"))
     x = torch.stack([test[i][0] for i in range(32)])
     return model, q.program, res, test, x
