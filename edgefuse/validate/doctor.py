@@ -4,7 +4,8 @@ Loads the model with full graph optimisation, reads back the graph onnxruntime a
 (``SessionOptions.optimized_model_filepath``) and a per-op profile (``enable_profiling``), then
 names what keeps int8 from paying off: fp32 convolutions fed by de-quantized int8 weights (the
 weights are de-quantized on every run and the fast fp32 NCHWc kernels are lost), fp32 islands
-between DequantizeLinear and QuantizeLinear, remaining Q/DQ pairs, and layout transposes.
+between DequantizeLinear and QuantizeLinear, int8 depthwise convolutions on the slow kernel (a channel
+count that is not a multiple of 16), remaining Q/DQ pairs, and layout transposes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edgefuse.export.channel_padding import CHANNEL_BLOCK
 from edgefuse.export.onnx_checks import module_of, reduce_axes
 from edgefuse.runtimes import OrtModel
 
@@ -107,15 +109,22 @@ ISLAND_ADVICE = {
 _CHANNEL_AXES = ([1], [-3], [3], [-1])
 
 
+def _group(node) -> int:
+    return next((a.i for a in node.attribute if a.name == "group"), 1)
+
+
 def _module_map(path: Path) -> dict[str, str]:
-    """Tensor name -> source module path, from the ``module`` metadata edgefuse's exporter keeps."""
+    """Tensor name -> source module path, from the ``module`` metadata edgefuse's exporter keeps; node names too,
+    since onnxruntime's NHWC layout pass names the tensors of the int8 ops it rewrites after their nodes."""
     m = onnx.load(str(path), load_external_data=False)
     out = {}
     for n in m.graph.node:
         mod = module_of(n)
-        for o in n.output:
-            if mod:
+        if mod:
+            for o in n.output:
                 out[o] = mod
+            if n.name:
+                out.setdefault(n.name, mod)
     return out
 
 
@@ -175,6 +184,14 @@ def diagnose(path: str | Path, threads: int = 1, runs: int = 50) -> DoctorReport
             advice = ISLAND_ADVICE.get(key, f"onnxruntime runs {n.op_type} in fp32 here, between "
                                             "DequantizeLinear and QuantizeLinear.")
             findings.append(Finding(f"fp32 island: {n.op_type}", n.name, n.op_type, module_of(n), ms, advice))
+        elif n.op_type == "QLinearConv" and (group := _group(n)) > 1 and group % CHANNEL_BLOCK:
+            findings.append(Finding(
+                "int8 depthwise conv on onnxruntime's slow kernel", n.name, n.op_type, module_of(n), ms,
+                f"onnxruntime's fast int8 depthwise kernel takes channels in multiples of {CHANNEL_BLOCK} "
+                "(1.7-1.9x per node on AVX-512 VNNI); `edgefuse export --int8` pads such layers with zero-weight "
+                "channels itself (exact, no change to the network). Left as it is here: the file was quantized "
+                "elsewhere, or an op other than a convolution reads these channels (a reshape, a per-channel "
+                "constant)."))
         elif n.op_type in QDQ_OPS:
             findings.append(Finding("Quantize/Dequantize left at run time", n.name, n.op_type, module_of(n), ms,
                                     "Each marks an fp32 island; give the op between them an int8 kernel "

@@ -36,6 +36,7 @@ import onnx
 import torch
 from torch import fx
 
+from edgefuse.export.channel_padding import padded_channels
 from edgefuse.export.onnx_checks import module_of
 from edgefuse.quantize.quantizer import module_path
 
@@ -156,6 +157,12 @@ def check_ops(program: fx.GraphModule, onnx_path: str | Path, inputs: torch.Tens
     x = inputs.detach().to(torch.float32).contiguous()
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
     codes = {p: torch.from_numpy(np.ascontiguousarray(g)) for p, g in zip(pairs, got)}
+    # Depthwise layers widened to 16-channel blocks carry zero-weight channels after the program's: the
+    # program's tensor is the file's first ``channels`` (edgefuse.export.channel_padding).
+    for p, name in pairs.items():
+        real = padded_channels(named[name])
+        if real is not None and codes[p].dim() >= 2 and codes[p].shape[1] > real:
+            codes[p] = codes[p][:, :real].contiguous()
     file_out = got[len(pairs):]
 
     diffs: dict[str, tuple[float, int, str]] = {}

@@ -11,6 +11,7 @@ from edgefuse._versions import versions
 from edgefuse.data.contract import PreprocessContract
 from edgefuse.errors import ExportError, InputFileError
 from edgefuse.export.formats.base import Artifact, BuildContext, Format
+from edgefuse.export.channel_padding import pad_depthwise_channels
 from edgefuse.export.int8_activations import int8_hard_activations
 from edgefuse.export.kernel_choice import choose_fp32_prefix
 from edgefuse.export.onnx import export_onnx, opset_of
@@ -72,8 +73,8 @@ FORMAT = Format("onnx", "QDQ int8 for onnxruntime, dynamic batch unless --batch"
 def finish_onnx(path: Path, contract: PreprocessContract, precision: str, simplify: bool, notes: list[str], *,
                 latency_threads: int | None = None, input_shape: list[int] | None = None) -> dict:
     """The passes every exported ONNX file gets (metadata, onnxsim where it keeps int8 weights, pooling, and for
-    int8 the int8 activations, tiled gate multiplies and, with ``latency_threads``, the measured fp32 prefix),
-    then its checks."""
+    int8 the int8 activations, depthwise convs padded to 16 channels, tiled gate multiplies and, with
+    ``latency_threads``, the measured fp32 prefix), then its checks."""
     model = onnx.load(str(path))
     strip_debug_metadata(model)
     details: dict = {"opset": opset_of(model)}
@@ -106,7 +107,9 @@ def finish_onnx(path: Path, contract: PreprocessContract, precision: str, simpli
     moved = 0
     if precision == "int8":
         def finish(m: onnx.ModelProto) -> dict:
-            return {"int8_activations": int8_hard_activations(m), "tiled_gate_multiplies": tile_channel_broadcasts(m)}
+            # In this order: the tiled multiplies are laid out for the channel counts the padding leaves.
+            return {"int8_activations": int8_hard_activations(m), "padded_depthwise": pad_depthwise_channels(m),
+                    "tiled_gate_multiplies": tile_channel_broadcasts(m)}
 
         if latency_threads is not None and input_shape is not None:
             fp32_file = path.with_name(path.name.replace(".int8.", ".fp32."))
