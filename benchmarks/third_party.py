@@ -87,6 +87,9 @@ def measure(name: str, size: int, work: Path, *, formats=("onnx",), threads=(), 
         "fp32_files_agree": round(agreement(logits["fp32"], logits["plain_fp32"]), 4),
         "weights": {k: v for a in exported.artifacts if a.file == files["edgefuse_int8"].name
                     for k, v in a.details.items() if k.endswith("_weights")},
+        # depthwise convs widened to onnxruntime's 16-channel blocks (edgefuse.export.channel_padding)
+        "padded_depthwise": next((a.details.get("padded_depthwise") for a in exported.artifacts
+                                  if a.file == files["edgefuse_int8"].name), None),
         # what latency-aware precision measured and chose (fp32 prefix, if any)
         "latency_precision": next((a.details.get("latency_precision") for a in exported.artifacts
                                    if a.file == files["edgefuse_int8"].name), None),

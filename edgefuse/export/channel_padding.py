@@ -109,8 +109,9 @@ def pad_depthwise_channels(model: onnx.ModelProto, block: int = CHANNEL_BLOCK) -
         # Recorded intermediate shapes are stale now (the widened tensors, and the de-quantized weights they
         # are computed from); shape inference recomputes them for whoever reads them next.
         del g.value_info[:]
+        # The shapes inferred before stay right for every other group: groups share no tensor (a walk takes in
+        # everything its channels reach), so only this group's tensors, done with now, changed.
         widened += sum(role == "depthwise" for _, role in plan["convs"])
-        shapes = None  # shapes changed: infer again for the next group
     if widened:  # the initializers the widened copies replaced, where nothing reads them any more
         read = {i for n in g.node for i in n.input}
         kept = [t for t in g.initializer if t.name in read]

@@ -24,6 +24,7 @@ from edgefuse.progress import NullProgress, Progress
 from edgefuse.quantize.config import QuantConfig
 from edgefuse.quantize.pt2e import CalibrationDataReader, allow_train_eval, calibrate, fp32_inputs_for_excluded
 from edgefuse.quantize.quantizer import module_path
+from edgefuse.quantize.targets import quant_config_for
 from edgefuse.metrics import sqnr_db, within
 
 import_pt2e()
@@ -148,11 +149,13 @@ class SwitchedProgram:
 def switched_program(
     model: nn.Module,
     calibration: CalibrationDataReader,
-    config: QuantConfig = QuantConfig(),
+    config: QuantConfig | None = None,
     *,
     progress: Progress = NullProgress(),
 ) -> SwitchedProgram:
-    """Calibrate ``model`` exactly as :func:`quantize_ptq` does and return a :class:`SwitchedProgram`."""
+    """Calibrate ``model`` exactly as :func:`quantize_ptq` does (``config`` None: this CPU's defaults) and return
+    a :class:`SwitchedProgram`."""
+    config = config or quant_config_for()
     prepared, _, _ = calibrate(model, calibration, config, progress)
     return switch_prepared(prepared, config)
 

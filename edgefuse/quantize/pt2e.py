@@ -28,6 +28,7 @@ from edgefuse.limits import MAX_BATCH
 from edgefuse.progress import NullProgress, Progress
 from edgefuse.quantize.config import QuantConfig
 from edgefuse.quantize.quantizer import EdgefuseQuantizer, module_path
+from edgefuse.quantize.targets import quant_config_for
 from edgefuse.quantize.xnnpack import xnnpack_quantizer
 
 import_pt2e()
@@ -287,7 +288,7 @@ def calibrate(
 def quantize_ptq(
     model: nn.Module,
     calibration: CalibrationDataReader,
-    config: QuantConfig = QuantConfig(),
+    config: QuantConfig | None = None,
     *,
     progress: Progress = NullProgress(),
 ) -> QuantizedModel:
@@ -296,11 +297,14 @@ def quantize_ptq(
     Args:
         model: any ``nn.Module`` taking one NCHW tensor (put in eval mode here).
         calibration: batches of preprocessed inputs, prepared exactly as for evaluation.
-        config: quantization options.
+        config: quantization options; None: the defaults in this CPU's int8 flavour
+            (:func:`edgefuse.quantize.targets.quant_config_for`), as ``edgefuse export`` picks them: on x86
+            without VNNI that is 7-bit weights, without which onnxruntime's u8 x s8 pair sums saturate there.
 
     Raises:
         DataError: no calibration data, or NaN/Inf in it.
     """
+    config = config or quant_config_for()
     prepared, first, seen = calibrate(model, calibration, config, progress)
     return QuantizedModel(convert_calibrated(prepared, config), config, "ptq", first[:1].clone(), seen)
 
@@ -349,7 +353,7 @@ def _freeze_bn(prepared: torch.fx.GraphModule) -> None:
 def quantize_qat(
     model: nn.Module,
     train_data,
-    config: QuantConfig = QuantConfig(),
+    config: QuantConfig | None = None,
     qat: QATConfig = QATConfig(),
     *,
     progress: Progress = NullProgress(),
@@ -360,13 +364,15 @@ def quantize_qat(
     Args:
         model: the trained fp32 model (not modified).
         train_data: indexable of ``(input, label)`` pairs (the training split).
-        config: quantization options (calibration method is replaced by moving averages).
+        config: quantization options (calibration method is replaced by moving averages); None: this CPU's
+            defaults, as for :func:`quantize_ptq`.
         qat: fine-tuning schedule.
         dist: an enabled :class:`edgefuse.distributed.DistContext` (under torchrun): the prepared
             program is wrapped in ``DistributedDataParallel`` (observer buffers follow rank 0), each
             rank fine-tunes on its ``DistributedSampler`` share with ``batch_size / world_size`` items
             per step, and every rank ends with the same converted program.
     """
+    config = config or quant_config_for()
     model = copy.deepcopy(model)
     model.eval()
     n = len(train_data)

@@ -121,6 +121,19 @@ def test_reduce_range_gives_7bit_weights():
     assert mins == {-63}
 
 
+def test_the_library_default_is_this_cpus_int8_flavour(monkeypatch):
+    # quantize_ptq without a config quantizes as `export` does here: on x86 without VNNI, 7-bit weights (a
+    # full-range file saturates onnxruntime's u8 x s8 pair sums there and its gate refuses it)
+    import edgefuse.quantize.targets as targets
+
+    torch.manual_seed(0)
+    m = create_model("resnet", 10, width=0.5).eval()
+    for flags, want in (({"avx2"}, "x86-avx2"), ({"avx512_vnni", "avx2"}, "x86-vnni")):
+        monkeypatch.setattr(targets, "detect_target", lambda f=flags: detect_target(f, "x86_64"))
+        q = quantize_ptq(m, _Once(torch.randn(4, 1, 32, 32)))
+        assert (q.config.target, q.config.reduce_range) == (want, want == "x86-avx2")
+
+
 class _Once:
     def __init__(self, x):
         self.x = x
