@@ -9,13 +9,15 @@ channel depthwise layers, its most expensive ones at high resolution.
 
 Extra channels whose weights are zero are exact in integer arithmetic: every convolution that *produces*
 the widened tensor gets output channels with zero weights and zero bias, every convolution that *reads*
-it gets zero weights for them, and what lies between (Quantize/Dequantize per tensor, element-wise ops with
-scalar constants, pooling, the depthwise convs themselves, squeeze-excitation gates) works channel by
-channel, so the real channels carry exactly the codes they carried before (``tests/export``: bit-identical
-outputs and tensors). The padded channels hold finite values (zero before any constant is added); no
-op that divides by a padded value or mixes channels other than through a zero weight is admitted. Any
-other op touching the channels (a reshape, a matrix multiply, a reduction over channels, a graph input or
-output) leaves that group of layers as it was.
+it gets zero weights for them, and what lies between (Quantize/Dequantize per tensor, element-wise ops
+whose other operand is the same for every channel, pooling and reductions over H and W, the depthwise
+convs themselves, squeeze-excitation gates) works channel by channel, so the real channels carry exactly
+the codes they carried before (``tests/export``: bit-identical outputs and tensors). Every convolution of a
+widened group must be int8 with an int32 bias (onnxruntime's integer kernels; a float one could sum in
+another order); the padded channels hold finite values, and no op that divides by them or mixes channels
+other than through a zero weight is admitted. Any other op touching the channels (a reshape, a matrix
+multiply, a reduction over channels, a per-channel constant, a graph input or output) leaves that group of
+layers as it was, and so does a graph with control flow (its subgraphs could read the channels unseen).
 
 Every node whose output was widened records its original channel count under the ``channels`` metadata
 key, so a check that compares the file with its PyTorch program (:mod:`edgefuse.validate.opcheck`) reads
@@ -64,6 +66,8 @@ def pad_depthwise_channels(model: onnx.ModelProto, block: int = CHANNEL_BLOCK) -
         How many depthwise convolutions were widened.
     """
     g = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
+        return 0
     inits = {t.name: t for t in g.initializer}
     consts = {n.output[0]: n.attribute[0].t for n in g.node if n.op_type == "Constant" and n.attribute}
     producer = {o: n for n in g.node for o in n.output}
@@ -245,12 +249,12 @@ def _component(start, c: int, shapes: dict, producer: dict, consumers: dict, ini
 def _padded_weights(conv, role: str, c: int, p: int, producer: dict, inits: dict, consumers: dict) -> list:
     """``(node, input index, padded array)`` for one convolution of a component: the array replaces that input
     as an initializer of its own (initializers may be shared: onnxsim merges equal ones, such as zero biases).
-    Raises :class:`_Refused` where a de-quantized weight is read by another node too, or quantized along an
-    axis other than the output channels."""
+    Raises :class:`_Refused` where the weight is not int8 or its bias not int32, a de-quantized weight is read
+    by another node too, or it is quantized along an axis other than the output channels."""
     extra = p - c
     w = _weight(conv, producer, inits)
-    if w is None:
-        raise _Refused
+    if w is None or not w["int8"]:
+        raise _Refused  # exact only in integer arithmetic
     axes = {"depthwise": [0], "source": [0], "sink": [1], "source+sink": [0, 1]}[role]
     pad = [(0, 0)] * w["array"].ndim
     for ax in axes:
@@ -262,25 +266,25 @@ def _padded_weights(conv, role: str, c: int, p: int, producer: dict, inits: dict
         v = numpy_helper.to_array(inits[name])
         return np.concatenate([v, np.full(extra, fill, v.dtype)])
 
-    if w["int8"]:
-        dq = w["dq"]
-        if len(consumers.get(dq.output[0], [])) != 1 or dq.input[1] not in inits:
+    dq = w["dq"]
+    if len(consumers.get(dq.output[0], [])) != 1 or dq.input[1] not in inits:
+        raise _Refused
+    out.append((dq, 0, weight))
+    scale = numpy_helper.to_array(inits[dq.input[1]])
+    if scale.size > 1:  # per channel: along the output axis, which grows only for a producer
+        if _attr(dq, "axis", 1) % weight.ndim != 0:
             raise _Refused
-        out.append((dq, 0, weight))
-        scale = numpy_helper.to_array(inits[dq.input[1]])
-        if scale.size > 1:  # per channel: along the output axis, which grows only for a producer
-            if _attr(dq, "axis", 1) % weight.ndim != 0:
-                raise _Refused
-            if 0 in axes:
-                # the new channels' weights are zero: any positive scale computes zero (the last one is reused)
-                out.append((dq, 1, grown(dq.input[1], scale[-1])))
-                if len(dq.input) > 2 and dq.input[2]:
-                    out.append((dq, 2, grown(dq.input[2], 0)))
-    else:
-        out.append((conv, 1, weight))
-    if 0 in axes and len(conv.input) > 2 and conv.input[2]:
+        if 0 in axes:
+            # the new channels' weights are zero: any positive scale computes zero (the last one is reused)
+            out.append((dq, 1, grown(dq.input[1], scale[-1])))
+            if len(dq.input) > 2 and dq.input[2]:
+                out.append((dq, 2, grown(dq.input[2], 0)))
+    if len(conv.input) > 2 and conv.input[2]:
         b = producer.get(conv.input[2])
-        if b is not None and b.op_type == "DequantizeLinear" and all(i in inits for i in b.input if i):
+        if (b is None or b.op_type != "DequantizeLinear" or not all(i in inits for i in b.input if i)
+                or inits[b.input[0]].data_type != onnx.TensorProto.INT32):
+            raise _Refused  # a float bias: the conv does not run in integers
+        if 0 in axes:
             if len(consumers.get(b.output[0], [])) != 1:
                 raise _Refused
             out.append((b, 0, grown(b.input[0], 0)))
@@ -289,10 +293,6 @@ def _padded_weights(conv, role: str, c: int, p: int, producer: dict, inits: dict
                     v = numpy_helper.to_array(inits[b.input[k]])
                     if v.size > 1:
                         out.append((b, k, grown(b.input[k], v[-1] if k == 1 else 0)))
-        elif conv.input[2] in inits:
-            out.append((conv, 2, grown(conv.input[2], 0)))
-        else:
-            raise _Refused
     return out
 
 
