@@ -11,7 +11,13 @@ import typer
 from rich.table import Table
 
 from edgefuse.cli._ui import out
-from edgefuse.validate.report import fallback_summary, latency_precision_summary, op_check_summary, rounds_note
+from edgefuse.validate.report import (
+    fallback_summary,
+    latency_precision_summary,
+    op_check_summary,
+    padding_summary,
+    rounds_note,
+)
 
 
 def pct(v) -> str:
@@ -123,6 +129,8 @@ def validation_report(report, accuracy: Optional[dict] = None) -> None:
         out.print(t)
     for f, c in report.extra.get("latency_precision", {}).items():
         line(f"{f}: {latency_precision_summary(c)}")
+    for f, n in report.extra.get("padded_depthwise", {}).items():
+        line(f"{f}: {padding_summary(n)}")
     for f, d in report.extra.get("delegation", {}).items():
         left = ", ".join(f"{op} x{n}" for op, n in d["portable_ops"].items()) or "nothing"
         out.print(f"{f}: XNNPACK runs {d['delegated_nodes']}/{d['delegated_nodes'] + d['portable_nodes']} nodes; "

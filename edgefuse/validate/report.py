@@ -159,6 +159,9 @@ class ValidationReport:
         if self.extra.get("latency_precision"):
             lines += ["", "## Latency-aware precision (measured on this CPU)", ""]
             lines += [f"- `{f}`: {latency_precision_summary(c)}" for f, c in self.extra["latency_precision"].items()]
+        if self.extra.get("padded_depthwise"):
+            lines += ["", "## Depthwise convs fitted to onnxruntime's int8 kernel", ""]
+            lines += [f"- `{f}`: {padding_summary(n)}" for f, n in self.extra["padded_depthwise"].items()]
         if self.extra.get("delegation"):
             lines += ["", "## ExecuTorch: what XNNPACK runs", ""]
             for f, d in self.extra["delegation"].items():
@@ -247,6 +250,12 @@ def latency_precision_summary(c: dict) -> str:
     return (f"{c['chosen']}: {len(c['fp32_modules'])} module(s), {c['fp32_weight_nodes']} conv/linear weights in fp32; "
             f"{ms[c['chosen']]:.3f} ms against {ms['all int8']:.3f} ms all int8 ({ref}), batch 1, "
             f"{c['threads']} thread(s), {c['runs']} interleaved runs.")
+
+
+def padding_summary(n: int) -> str:
+    """One sentence on the depthwise convs :mod:`edgefuse.export.channel_padding` widened in a file."""
+    return (f"{n} int8 depthwise conv(s) widened to 16-channel blocks with zero-weight channels, for onnxruntime's "
+            "fast int8 depthwise kernel (exact: every real channel keeps its codes).")
 
 
 def fallback_summary(fb: dict) -> str:

@@ -82,8 +82,10 @@ def validate_shipped(staged: ExportResult, programs: dict[str, nn.Module], datas
         report.extra["op_check"] = checked
     report.gate = judge(reports, budgets, agreement=agreement, samples=0 if dataset is None else len(dataset),
                         fallback=fallback, cleared={f for f, c in checked.items() if c["passed"]})
-    for key in ("delegation", "mobile_usability", "latency_precision"):  # what the formats' builders found out about their files
-        found = {a.file: a.details[key] for a in staged.artifacts if key in a.details}
+    # what the formats' builders found out about their files, or did to them (a rewrite that did nothing: not said)
+    for key in ("delegation", "mobile_usability", "latency_precision", "padded_depthwise"):
+        found = {a.file: a.details[key] for a in staged.artifacts
+                 if key in a.details and (key != "padded_depthwise" or a.details[key])}
         if found:
             report.extra[key] = found
     report.extra["notes"] = staged.notes

@@ -237,3 +237,24 @@ def test_doctor_names_the_depthwise_layers_left_on_the_slow_kernel(built, tmp_pa
     assert len(before) == 3  # 24, 40 and the flattened 24 channels
     assert [f.module for f in after] == ["down.2"]  # only the one whose channels a reshape reads
     assert "pads" in after[0].advice
+
+
+def test_export_says_what_it_widened(built, tmp_path, monkeypatch):
+    # the user's network as a .pt2, through the whole export and its gate: the report, report.md and the
+    # terminal name the widened layers of the int8 .onnx
+    from rich.console import Console
+
+    from edgefuse.api import export_model
+    from edgefuse.cli import render
+
+    batch = torch.export.Dim("batch")
+    pt2 = tmp_path / "net.pt2"
+    torch.export.save(torch.export.export(built["model"], (built["x"][:2],), dynamic_shapes=({0: batch},)), pt2)
+    res = export_model(pt2, tmp_path / "build", calib="digits", formats=("onnx",), runs=3, latency_search=False,
+                       model_kwargs={"input_size": SIZE, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3})
+    assert res.report.extra["padded_depthwise"] == {"model.int8.onnx": 2}
+    assert "16-channel blocks" in (tmp_path / "build" / "report.md").read_text()
+    console = Console(record=True, width=200)
+    monkeypatch.setattr(render, "out", console)
+    render.validation_report(res.report)
+    assert "model.int8.onnx: 2 int8 depthwise conv(s) widened to 16-channel blocks" in console.export_text()
