@@ -20,6 +20,10 @@ SIZE = 64
 #: fp32 weight tensors feeding Conv/Gemm that stay in the int8 file: the 3-channel stem everywhere (it reads
 #: the fp32 input), and ECA's 1-D channel conv in each of timm's 8 ECA blocks (no int8 Conv1d form yet).
 FP32_WEIGHTS = {"timm_eca_resnet18": 9}
+#: depthwise convs whose channels are not a multiple of 16 (72, 88, 120, 184, 200): all widened to 16-channel
+#: blocks in an all-int8 file (edgefuse.export.channel_padding); a measured fp32 prefix may hold some of them.
+PADDED = {"tv_mobilenet_v3_large": 7, "timm_mobilenetv3_large_100": 7, "tv_mobilenet_v3_small": 3,
+          "timm_mobilenetv3_small_100": 3}
 
 
 def check(name, tmp_path, formats=("onnx",)):
@@ -30,6 +34,9 @@ def check(name, tmp_path, formats=("onnx",)):
     moved = (r["latency_precision"] or {}).get("fp32_weight_nodes", 0)
     assert r["weights"]["float_weights"] <= FP32_WEIGHTS.get(name, 1) + moved, r
     assert r["weights"]["int8_weights"] + moved >= 12 and r["weights"]["int8_weights"] >= 1, r
+    chosen = (r["latency_precision"] or {}).get("chosen", "all int8")
+    want = PADDED.get(name, 0)
+    assert r["padded_depthwise"] == want if chosen == "all int8" else r["padded_depthwise"] <= want, r
     # never worse than onnxruntime's own quantizer by more than 3 dB on the same model and images
     assert r["sqnr_edgefuse_db"] >= r["sqnr_ort_db"] - 3.0, r
     if r["sqnr_ort_db"] >= 10.0:
