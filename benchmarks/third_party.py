@@ -73,6 +73,7 @@ def measure(name: str, size: int, work: Path, *, formats=("onnx",), threads=(), 
              "edgefuse_int8": exported.path("onnx", "int8")}
     sessions = {k: OrtModel(p) for k, p in files.items()}
     logits = {k: s.run(x) for k, s in sessions.items()}
+    int8_details = next(a.details for a in exported.artifacts if a.file == files["edgefuse_int8"].name)
     row = {
         "model": name, "size": size,
         "export_s": round(export_s, 1),
@@ -85,14 +86,11 @@ def measure(name: str, size: int, work: Path, *, formats=("onnx",), threads=(), 
         "sqnr_edgefuse_db": round(sqnr_db(logits["fp32"], logits["edgefuse_int8"]), 2),
         "sqnr_ort_db": round(sqnr_db(logits["fp32"], logits["ort_int8"]), 2),
         "fp32_files_agree": round(agreement(logits["fp32"], logits["plain_fp32"]), 4),
-        "weights": {k: v for a in exported.artifacts if a.file == files["edgefuse_int8"].name
-                    for k, v in a.details.items() if k.endswith("_weights")},
+        "weights": {k: v for k, v in int8_details.items() if k.endswith("_weights")},
         # depthwise convs widened to onnxruntime's 16-channel blocks (edgefuse.export.channel_padding)
-        "padded_depthwise": next((a.details.get("padded_depthwise") for a in exported.artifacts
-                                  if a.file == files["edgefuse_int8"].name), None),
+        "padded_depthwise": int8_details.get("padded_depthwise"),
         # what latency-aware precision measured and chose (fp32 prefix, if any)
-        "latency_precision": next((a.details.get("latency_precision") for a in exported.artifacts
-                                   if a.file == files["edgefuse_int8"].name), None),
+        "latency_precision": int8_details.get("latency_precision"),
     }
     for t in threads:
         ms = {k: OrtModel(p, t) for k, p in files.items()}

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
-from edgefuse.export.onnx_checks import _consumers, _inferred_shapes, reduce_axes
+from edgefuse.export.onnx_checks import _consumers, _inferred_shapes, node_attr, reduce_axes
 
 #: onnxruntime's symmetric depthwise kernels process channels in blocks of this many.
 CHANNEL_BLOCK = 16
@@ -46,10 +46,6 @@ _SPATIAL_REDUCTIONS = {"ReduceMean", "ReduceMax"}
 
 class _Refused(Exception):
     """This group of layers cannot be widened exactly."""
-
-
-def _attr(node, name: str, default):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def padded_channels(node: onnx.NodeProto) -> int | None:
@@ -75,26 +71,24 @@ def pad_depthwise_channels(model: onnx.ModelProto, block: int = CHANNEL_BLOCK) -
     boundary = {i.name for i in g.input} | {o.name for o in g.output}
     taken = set(inits) | {o for n in g.node for o in n.output}
     shapes = None
-    done: set[int] = set()
     widened = 0
+    # A widened depthwise conv's group becomes a multiple of ``block``: it is not taken up again.
     for d in list(g.node):
-        if d.op_type != "Conv" or id(d) in done:
+        if d.op_type != "Conv":
             continue
         w = _weight(d, producer, inits)
-        c = _attr(d, "group", 1)
+        c = node_attr(d, "group", 1)
         if w is None or not w["int8"] or c <= 1 or c % block == 0 or list(w["array"].shape[:2]) != [c, 1]:
             continue
         if shapes is None:
             shapes = _inferred_shapes(model)
+        p = -(-c // block) * block
         try:
             plan = _component(d, c, shapes, producer, consumers, inits, consts, boundary)
-            edits = [_padded_weights(n, role, c, -(-c // block) * block, producer, inits, consumers)
-                     for n, role in plan["convs"]]
+            edits = [_padded_weights(n, role, c, p, producer, inits, consumers) for n, role in plan["convs"]]
         except _Refused:
             continue
-        p = -(-c // block) * block
         for n, role in plan["convs"]:
-            done.add(id(n))
             if role == "depthwise":
                 for a in n.attribute:
                     if a.name == "group":
@@ -110,13 +104,14 @@ def pad_depthwise_channels(model: onnx.ModelProto, block: int = CHANNEL_BLOCK) -
         for n in g.node:
             if any(o in tied for o in n.output):
                 n.metadata_props.add(key=PADDED_FROM, value=str(c))
-        # Recorded intermediate shapes are stale now (the widened tensors, and the de-quantized weights they
-        # are computed from); shape inference recomputes them for whoever reads them next.
-        del g.value_info[:]
         # The shapes inferred before stay right for every other group: groups share no tensor (a walk takes in
         # everything its channels reach), so only this group's tensors, done with now, changed.
         widened += sum(role == "depthwise" for _, role in plan["convs"])
-    if widened:  # the initializers the widened copies replaced, where nothing reads them any more
+    if widened:
+        # Recorded intermediate shapes are stale now (the widened tensors, and the de-quantized weights they
+        # are computed from): shape inference recomputes them for whoever reads them next. The initializers
+        # the widened copies replaced go where nothing reads them any more.
+        del g.value_info[:]
         read = {i for n in g.node for i in n.input}
         kept = [t for t in g.initializer if t.name in read]
         del g.initializer[:]
@@ -190,7 +185,7 @@ def _component(start, c: int, shapes: dict, producer: dict, consumers: dict, ini
             tie(n.output[0])
         elif op in _SPATIAL_REDUCTIONS:  # over H and W only, keeping the axes: per channel
             axes = reduce_axes(n, inits, consts)
-            if axes is None or not axes or any(a % 4 < 2 for a in axes) or not _attr(n, "keepdims", 1):
+            if axes is None or not axes or any(a % 4 < 2 for a in axes) or not node_attr(n, "keepdims", 1):
                 raise _Refused
             tie(n.input[0])
             tie(n.output[0])
@@ -210,7 +205,7 @@ def _component(start, c: int, shapes: dict, producer: dict, consumers: dict, ini
                 tie(i)
             tie(n.output[0])
         elif op == "Conv":
-            group = _attr(n, "group", 1)
+            group = node_attr(n, "group", 1)
             if name not in n.input[:1] and name not in n.output:
                 raise _Refused  # read as a weight or bias
             if group == 1:
@@ -272,7 +267,7 @@ def _padded_weights(conv, role: str, c: int, p: int, producer: dict, inits: dict
     out.append((dq, 0, weight))
     scale = numpy_helper.to_array(inits[dq.input[1]])
     if scale.size > 1:  # per channel: along the output axis, which grows only for a producer
-        if _attr(dq, "axis", 1) % weight.ndim != 0:
+        if node_attr(dq, "axis", 1) % weight.ndim != 0:
             raise _Refused
         if 0 in axes:
             # the new channels' weights are zero: any positive scale computes zero (the last one is reused)

@@ -26,10 +26,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgefuse.export.onnx_checks import _consumers
+from edgefuse.export.onnx_checks import _consumers, node_attr
 
 def _attr(node, name: str, default: float) -> float:
-    return next((float(helper.get_attribute_value(a)) for a in node.attribute if a.name == name), default)
+    return float(node_attr(node, name, default))
 
 
 def _scalar(inits: dict, name: str) -> np.ndarray | None:

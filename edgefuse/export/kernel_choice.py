@@ -23,9 +23,9 @@ from typing import Callable
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
-from edgefuse.export.onnx_checks import WEIGHT_OPS, _inferred_shapes, module_of
+from edgefuse.export.onnx_checks import WEIGHT_OPS, _inferred_shapes, module_of, node_attr
 from edgefuse.runtimes import OrtModel
 from edgefuse.runtimes.timing import interleaved_latency
 
@@ -45,7 +45,7 @@ def _dequantized(dq, inits: dict) -> np.ndarray:
     scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
     zp = numpy_helper.to_array(inits[dq.input[2]]).astype(np.float64) if len(dq.input) > 2 else np.zeros_like(scale)
     if scale.size > 1:  # per channel along ``axis``
-        axis = next((helper.get_attribute_value(a) for a in dq.attribute if a.name == "axis"), 1) % q.ndim
+        axis = node_attr(dq, "axis", 1) % q.ndim
         shape = [1] * q.ndim
         shape[axis] = -1
         scale, zp = scale.reshape(shape), zp.reshape(shape)

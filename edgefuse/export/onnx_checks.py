@@ -92,6 +92,11 @@ def _inferred_shapes(model: onnx.ModelProto) -> dict[str, list]:
     return shapes
 
 
+def node_attr(node: onnx.NodeProto, name: str, default=None):
+    """The value of a node's attribute ``name``, or ``default`` when the node does not set it."""
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
 def module_of(node: onnx.NodeProto) -> str | None:
     """The source module path edgefuse keeps on a node (its ``module`` metadata key), or None."""
     return next((p.value for p in node.metadata_props if p.key == "module"), None)
@@ -215,7 +220,7 @@ def reduce_mean_to_global_pool(model: onnx.ModelProto) -> int:
         if rank != 4 or axes is None or sorted(a % 4 for a in axes) != [2, 3]:
             new_nodes.append(n)
             continue
-        keep = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "keepdims"), 1)
+        keep = node_attr(n, "keepdims", 1)
         if keep:
             new_nodes.append(helper.make_node("GlobalAveragePool", [n.input[0]], [n.output[0]], name=n.name))
         else:

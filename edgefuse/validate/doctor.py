@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from edgefuse.export.channel_padding import CHANNEL_BLOCK
-from edgefuse.export.onnx_checks import module_of, reduce_axes
+from edgefuse.export.onnx_checks import module_of, node_attr, reduce_axes
 from edgefuse.runtimes import OrtModel
 
 INT8_OPS = {"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearSigmoid",
@@ -109,10 +109,6 @@ ISLAND_ADVICE = {
 _CHANNEL_AXES = ([1], [-3], [3], [-1])
 
 
-def _group(node) -> int:
-    return next((a.i for a in node.attribute if a.name == "group"), 1)
-
-
 def _module_map(path: Path) -> dict[str, str]:
     """Tensor name -> source module path, from the ``module`` metadata edgefuse's exporter keeps; node names too,
     since onnxruntime's NHWC layout pass names the tensors of the int8 ops it rewrites after their nodes."""
@@ -184,7 +180,7 @@ def diagnose(path: str | Path, threads: int = 1, runs: int = 50) -> DoctorReport
             advice = ISLAND_ADVICE.get(key, f"onnxruntime runs {n.op_type} in fp32 here, between "
                                             "DequantizeLinear and QuantizeLinear.")
             findings.append(Finding(f"fp32 island: {n.op_type}", n.name, n.op_type, module_of(n), ms, advice))
-        elif n.op_type == "QLinearConv" and (group := _group(n)) > 1 and group % CHANNEL_BLOCK:
+        elif n.op_type == "QLinearConv" and (group := node_attr(n, "group", 1)) > 1 and group % CHANNEL_BLOCK:
             findings.append(Finding(
                 "int8 depthwise conv on onnxruntime's slow kernel", n.name, n.op_type, module_of(n), ms,
                 f"onnxruntime's fast int8 depthwise kernel takes channels in multiples of {CHANNEL_BLOCK} "

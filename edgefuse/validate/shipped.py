@@ -82,12 +82,13 @@ def validate_shipped(staged: ExportResult, programs: dict[str, nn.Module], datas
         report.extra["op_check"] = checked
     report.gate = judge(reports, budgets, agreement=agreement, samples=0 if dataset is None else len(dataset),
                         fallback=fallback, cleared={f for f, c in checked.items() if c["passed"]})
-    # what the formats' builders found out about their files, or did to them (a rewrite that did nothing: not said)
-    for key in ("delegation", "mobile_usability", "latency_precision", "padded_depthwise"):
-        found = {a.file: a.details[key] for a in staged.artifacts
-                 if key in a.details and (key != "padded_depthwise" or a.details[key])}
+    for key in ("delegation", "mobile_usability", "latency_precision"):  # what the formats' builders found out about their files
+        found = {a.file: a.details[key] for a in staged.artifacts if key in a.details}
         if found:
             report.extra[key] = found
+    padded = {a.file: a.details["padded_depthwise"] for a in staged.artifacts if a.details.get("padded_depthwise")}
+    if padded:  # what a builder did to its files (said only where it widened something)
+        report.extra["padded_depthwise"] = padded
     report.extra["notes"] = staged.notes
     if staged.target is not None:  # the reports name the files where they will be, not the staging folder
         for r in reports.values():
