@@ -8,7 +8,8 @@ gets batch-norm statistics from 256 digits images (as RGB, resized, ImageNet mea
 ``.pt2`` with a dynamic batch, as a user would hand it over. Then, in one process:
 
 - ``edgefuse export m.pt2 --int8 --format onnx`` through the library (wall time measured; the default
-  budgets, latency aside, so the gate's own floors are exercised);
+  budgets, latency aside, so the gate's own floors are exercised; the process reuses freed memory as the
+  ``edgefuse`` command does, :mod:`edgefuse._memory`);
 - onnxruntime's ``quant_pre_process`` + ``quantize_static`` (QDQ, per-channel, u8/s8, MinMax) on the plain
   ``torch.onnx.export`` file, calibrated on the same images as edgefuse;
 - fp32 (edgefuse's file and the plain one), onnxruntime's int8 and edgefuse's int8 timed interleaved
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from edgefuse._memory import keep_freed_memory
 from edgefuse.api import export_model
 from edgefuse.data import ImageDataset, PreprocessContract, load_data
 from edgefuse.export import export_onnx
@@ -113,6 +115,7 @@ def main() -> None:
     ap.add_argument("--rows", default=",".join(list_third_party()))
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    keep_freed_memory()  # as the command line does, so export_s is what `edgefuse export` takes
     threads = [int(t) for t in args.threads.split(",") if t]
     tmp = Path(tempfile.mkdtemp(prefix="edgefuse-third-party-"))
     rows = []

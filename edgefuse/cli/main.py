@@ -51,9 +51,11 @@ class _Interrupted(BaseException):
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app and map errors to one line and an exit code."""
+    from edgefuse._memory import keep_freed_memory
     from edgefuse._quiet import debug_enabled
 
     debug = debug_enabled()
+    keep_freed_memory()  # before torch allocates anything: PyTorch's large tensors reuse the heap
     import signal
 
     def _stop(signum, frame):
