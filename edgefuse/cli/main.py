@@ -71,9 +71,35 @@ def main(argv: list[str] | None = None) -> None:
             pass
     try:
         _run(argv, debug)
+    except SystemExit as e:
+        if argv is None and not debug:  # the console script (or ``python -m``), not a caller's own process
+            _exit_now(e.code)
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _exit_now(code) -> None:
+    """End the process once the command is done, without the interpreter's teardown: after a 224x224
+    export that is a full garbage collection over every object torch, the exporters and the programs left
+    behind (1.7-2.0 s of a MobileNetV3-large export, measured with perf). Everything the command wrote is
+    closed by then; the exit handlers still run (temporary folders, logging) and the streams are flushed."""
+    import atexit
+    import os
+
+    if code is not None and not isinstance(code, int):  # sys.exit("message"): printed, status 1
+        print(code, file=sys.stderr)
+    status = code if isinstance(code, int) else (0 if code is None else 1)
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 -- a closed pipe must not change the exit status
+                pass
+        os._exit(status)
 
 
 def _run(argv: list[str] | None, debug: bool) -> None:

@@ -3,6 +3,7 @@ subprocess runs that stay check what only a fresh interpreter shows (import cost
 ``python -m`` entry)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -76,7 +77,6 @@ def test_train_refuses_to_overwrite(tiny_checkpoint):
 
 
 def test_debug_env_shows_traceback(tmp_path):
-    import os
 
     r = run_process("inspect", str(tmp_path / "missing.pt"), env={**os.environ, "EDGEFUSE_DEBUG": "1"})
     assert r.returncode == 2 and "Traceback" in r.stderr
@@ -179,3 +179,31 @@ def test_analyze_and_ablate_bad_input(tmp_path):
     _one_line_error(run("ablate", "--fusions", "add,nope", "--out", str(tmp_path / "ab")), "unknown fusion", "effatt")
     _one_line_error(run("ablate", "--positions", "middle", "--out", str(tmp_path / "ab")), "position")
     assert not (tmp_path / "an").exists() and not (tmp_path / "ab").exists()
+
+
+_EXITING = r"""
+import atexit, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+class Teardown:  # collected only by the interpreter's own teardown
+    def __del__(self):
+        (out / "teardown").write_text("ran")
+keep = Teardown()
+keep.cycle = keep
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+sys.argv = ["edgefuse", *sys.argv[2:]]
+from edgefuse.cli.main import main
+main()
+"""
+
+
+@pytest.mark.parametrize("debug", ["", "1"])
+@pytest.mark.parametrize("args, code", [(["list"], 0), (["inspect", "missing.pt"], 2)])
+def test_the_console_script_skips_the_interpreter_teardown(tmp_path, args, code, debug):
+    env = {**os.environ, "EDGEFUSE_DEBUG": debug}
+    r = subprocess.run([sys.executable, "-c", _EXITING, str(tmp_path), *args], capture_output=True, text=True,
+                       env=env, cwd=tmp_path)
+    assert r.returncode == code, r.stderr
+    assert ("fusions:" in r.stdout) == (code == 0)  # buffered output to a pipe is flushed
+    assert ("not found" in r.stderr) == (code == 2)
+    assert (tmp_path / "atexit").exists()  # exit handlers still run
+    assert (tmp_path / "teardown").exists() == bool(debug)  # the teardown is skipped, except when debugging
