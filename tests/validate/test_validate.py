@@ -235,3 +235,23 @@ def test_damaged_int8_model_fails_without_a_drop_budget(exported, tmp_path):
     ok = validate_models(res.path("onnx", "fp32"), res.path("onnx", "int8"), ds, runs=3,
                          budgets=Budgets(max_latency_ratio=None))
     assert ok.passed and ok.sqnr_db > 10, (ok.failures, ok.sqnr_db)
+
+
+def test_sessions_run_side_by_side_with_the_logits_of_each_alone(exported):
+    from edgefuse.data import ImageDataset, PreprocessContract, load_data
+    from edgefuse.validate import OrtModel
+    from edgefuse.validate.core import stream_logits
+
+    res = exported.export
+    files = [res.path("onnx", "int8"), res.path("onnx", "fp32"), res.path("onnx", "fp32")]
+    models = [OrtModel(f) for f in files]
+    contract = PreprocessContract.from_dict(json.loads(models[0].metadata()["edgefuse.contract"]))
+    ds = ImageDataset(load_data("digits").test, contract)
+    logits, labels = stream_logits(models, ds, batch_size=7)  # 269 = 38 * 7 + 3: a short last batch
+    assert labels.tolist() == [int(ds[i][1]) for i in range(len(ds))]
+    for model, got in zip(models, logits):
+        alone = np.concatenate([model.run(np.stack([np.asarray(ds[i][0], np.float32)
+                                                    for i in range(s, min(s + 7, len(ds)))]))
+                                for s in range(0, len(ds), 7)])
+        assert np.array_equal(got, alone)
+    assert not np.array_equal(logits[0], logits[1])  # the fp32 and int8 files' logits are not swapped
