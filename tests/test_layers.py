@@ -17,7 +17,7 @@ ROOT = Path(edgefuse.__file__).parent
 #: Low to high. A unit is a top-level module or sub-package of ``edgefuse``.
 LAYERS = [
     ("foundations", {"errors", "limits", "progress", "_quiet", "_versions", "_files", "_registry", "_extras", "_inplace",
-                     "_layout", "distributed", "metrics"}),
+                     "_layout", "_memory", "distributed", "metrics"}),
     ("data", {"data"}),
     ("blocks", {"blocks"}),
     ("models and runtimes", {"models", "runtimes"}),
