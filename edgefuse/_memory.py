@@ -6,12 +6,13 @@ again. At 224x224 an evaluation batch's activations are far over that: on this p
 13x96x112x112 float tensor (62 MiB, EfficientNet-B0's widest) costs 22-24 ms to fill against 2-4 ms for
 the same op into reused memory, which made PyTorch evaluation and calibration of such networks
 memory-fault-bound (``torch.sigmoid`` on it: 23.9 ms -> 4.5 ms with the heap reused; EfficientNet-B0 at
-batch 13, fp32 14.0 -> 12.1 ms per image, its int8 program 32.2 -> 28.3 ms, calibration 8.9 -> 7.8 s per
-96 images; peak resident memory 1.05 -> 1.12 GiB).
+batch 13, fp32 14.0 -> 12.1 ms per image, its int8 program 32.2 -> 28.3 ms, PTQ on 96 images (capture,
+calibration, convert) 8.9 -> 7.8 s; peak resident memory 1.05 -> 1.12 GiB).
 
 :func:`keep_freed_memory` tells glibc to serve large blocks from its heap and not to trim it, the effect
 of ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`` set from inside the process (``mallopt(3)``). It is a
-process-wide setting, so only ``edgefuse``'s own entry point calls it, never the library; it does nothing
+process-wide setting, so only the ``edgefuse`` command (and the benchmarks) call it, never the library
+nor ``main(argv)`` called in someone else's process; it does nothing
 off glibc (macOS, musl), and ``EDGEFUSE_SYSTEM_MALLOC=1`` or a ``MALLOC_*``/``GLIBC_TUNABLES`` setting of
 the user's own leaves the allocator as configured.
 """

@@ -57,14 +57,17 @@ def test_the_users_own_allocator_setting_is_left_alone(env):
     assert mapped >= 64 << 20 and free < 64 << 20  # glibc's default: its own mmap, returned on free
 
 
-def test_the_command_line_sets_it(monkeypatch):
-    from edgefuse.cli.main import main
-
-    calls = []
-    monkeypatch.setattr("edgefuse._memory.keep_freed_memory", lambda: calls.append(1) or True)
-    with pytest.raises(SystemExit):
-        main(["list"])
-    assert calls == [1]
+def test_the_command_line_sets_it_and_main_called_in_a_process_does_not():
+    probe = ("import sys, edgefuse._memory as m\n"
+             "m.keep_freed_memory = lambda: print('kept') or True\n"
+             "from edgefuse.cli.main import main\n"
+             "try:\n    main(['list'])\nexcept SystemExit:\n    print('returned')\n"
+             "sys.argv = ['edgefuse', 'list']\n"
+             "main()\n")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if ln in ("kept", "returned")]
+    assert lines == ["returned", "kept"]  # main(argv) leaves the allocator alone, the console script sets it
 
 
 def test_not_set_by_importing_the_library():

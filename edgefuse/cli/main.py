@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     from edgefuse._quiet import debug_enabled
 
     debug = debug_enabled()
-    keep_freed_memory()  # before torch allocates anything: PyTorch's large tensors reuse the heap
+    console = argv is None  # the console script (or ``python -m``), not main(argv) in a caller's own process
+    if console:
+        keep_freed_memory()  # before torch allocates anything: PyTorch's large tensors reuse the heap
     import signal
 
     def _stop(signum, frame):
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _run(argv, debug)
     except SystemExit as e:
-        if argv is None and not debug:  # the console script (or ``python -m``), not a caller's own process
+        if console and not debug:
             _exit_now(e.code)
         raise
     finally:
