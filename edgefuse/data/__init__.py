@@ -2,6 +2,7 @@
 
 from edgefuse.data.contract import PreprocessContract
 from edgefuse.data.datasets import (
+    EVAL_KEEP_BYTES,
     DataSplits,
     ImageDataset,
     RawImages,
@@ -11,5 +12,5 @@ from edgefuse.data.datasets import (
     norm_stats,
 )
 
-__all__ = ["PreprocessContract", "DataSplits", "ImageDataset", "RawImages", "check_same_classes", "eval_batch_size",
-           "load_data", "norm_stats"]
+__all__ = ["PreprocessContract", "EVAL_KEEP_BYTES", "DataSplits", "ImageDataset", "RawImages", "check_same_classes",
+           "eval_batch_size", "load_data", "norm_stats"]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgefuse.data import DataSplits, ImageDataset, PreprocessContract, check_same_classes, load_data
+from edgefuse.data import EVAL_KEEP_BYTES, DataSplits, ImageDataset, PreprocessContract, check_same_classes, load_data
 from edgefuse.distributed import DistContext
 from edgefuse.errors import DataError, UsageError, one_line
 from edgefuse.export.artifacts import ExportResult, check_target, discard_staged, publish_artifacts, stage_artifacts
@@ -199,8 +199,8 @@ def load_inputs(req: ExportRequest) -> Inputs:
     ev = splits.get(req.eval_source) if req.eval_source else None
     return Inputs(model, contract, info, splits,
                   calib_ds=ImageDataset(splits[req.calib].train, contract) if req.int8 else None,
-                  test_ds=ImageDataset(ev.test, contract) if ev is not None else None,
-                  val_ds=ImageDataset(ev.val, contract) if ev is not None else None)
+                  test_ds=ImageDataset(ev.test, contract, keep_bytes=EVAL_KEEP_BYTES) if ev is not None else None,
+                  val_ds=ImageDataset(ev.val, contract, keep_bytes=EVAL_KEEP_BYTES) if ev is not None else None)
 
 
 def _record_accuracy(accuracy: dict, key: str, program: nn.Module, test_ds) -> np.ndarray | None:

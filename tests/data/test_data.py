@@ -241,3 +241,23 @@ def test_float_palette_and_cmyk_images():
     from edgefuse.data.contract import IMAGE_MODE_RULES
 
     assert _modes_contract().to_dict()["image_modes"] == IMAGE_MODE_RULES
+
+
+def test_an_evaluation_split_within_its_budget_is_preprocessed_once(monkeypatch):
+    test = load_data("digits").test
+    contract = PreprocessContract(64, 3, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    calls = []
+    real = PreprocessContract.preprocess
+    monkeypatch.setattr(PreprocessContract, "preprocess", lambda self, px: calls.append(1) or real(self, px))
+    need = len(test) * 3 * 64 * 64 * 4
+    plain, kept, over = (ImageDataset(test, contract), ImageDataset(test, contract, keep_bytes=need),
+                         ImageDataset(test, contract, keep_bytes=need - 1))
+    for ds, per_pass in ((plain, len(test)), (kept, 0), (over, len(test))):
+        first = [ds[i] for i in range(len(ds))]
+        calls.clear()
+        again = [ds[i] for i in range(len(ds))]
+        assert len(calls) == per_pass
+        assert all(torch.equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(first, again))
+    ref = plain[5][0]
+    kept[5][0].mul_(0)  # a caller writing into its batch does not change what the next one reads
+    assert torch.equal(kept[5][0], ref)
