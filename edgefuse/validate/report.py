@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from edgefuse.export.channel_padding import CHANNEL_BLOCK
 from edgefuse.export.kernel_choice import PAYS
 from edgefuse.metrics import drop_of  # noqa: F401 -- the report's own vocabulary
 from edgefuse.validate.gate import Budgets, GateResult  # noqa: F401 -- Budgets: the report's own vocabulary
@@ -254,8 +255,8 @@ def latency_precision_summary(c: dict) -> str:
 
 def padding_summary(n: int) -> str:
     """One sentence on the depthwise convs :mod:`edgefuse.export.channel_padding` widened in a file."""
-    return (f"{n} int8 depthwise conv(s) widened to 16-channel blocks with zero-weight channels, for onnxruntime's "
-            "fast int8 depthwise kernel (exact: every real channel keeps its codes).")
+    return (f"{n} int8 depthwise conv(s) widened to {CHANNEL_BLOCK}-channel blocks with zero-weight channels, for "
+            "onnxruntime's fast int8 depthwise kernel (exact: every real channel keeps its codes).")
 
 
 def fallback_summary(fb: dict) -> str:
