@@ -38,6 +38,18 @@ def test_fast_histc_bins_as_histc(kind):
     assert _moved(wide, torch.histc(x, 2048, min=float(lo) - 1.5, max=float(hi) + 0.25)) <= 1e-4 * x.numel()
 
 
+def test_fast_histc_bins_past_16_bit_bin_numbers():
+    """The largest bin count 16-bit bin numbers hold, and more (counted in 32-bit ones): every value counted
+    once, in histc's bin but for values within float rounding of an edge (of which there are more, in
+    proportion to the bins: 96 and 189 of these 147 k values at 32767 and 40000 bins, 3 at 2048)."""
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1)) ** 3
+    lo, hi = torch.aminmax(x)
+    for bins in (2**15 - 1, 2**15, 40000):
+        fast = fast_histc(x, bins, lo, hi)
+        assert fast.shape == (bins,) and float(fast.sum()) == x.numel()
+        assert _moved(fast, torch.histc(x, bins, min=float(lo), max=float(hi))) <= 1e-4 * x.numel() * bins / 2048
+
+
 def test_fast_histc_hands_degenerate_and_small_tensors_to_histc():
     const = torch.full(SHAPE, 2.0)  # lo == hi: histc widens the range to [1, 3]
     assert torch.equal(fast_histc(const, 8, torch.tensor(2.0), torch.tensor(2.0)), torch.histc(const, 8, 2.0, 2.0))
