@@ -41,7 +41,9 @@ def _constant(node: fx.Node, root: fx.GraphModule):
     return value if isinstance(value, torch.Tensor) else None
 
 
-def _fake_quantize(x: torch.Tensor, inv_scale: float, scale: float, zero_point: int, qmin: int, qmax: int):
+def fake_quantize(x: torch.Tensor, inv_scale: float, scale: float, zero_point: int, qmin: int, qmax: int):
+    """``dequantize_per_tensor(quantize_per_tensor(x, scale, zero_point, qmin, qmax, dtype), <same>)`` for an
+    integer ``dtype`` holding ``[qmin, qmax]``, bit for bit, with ``inv_scale = 1.0 / scale``."""
     # torch.ao's quantize_per_tensor/dequantize_per_tensor on one buffer. Its "+ zero_point, clamp to
     # [qmin, qmax], - zero_point" is one clamp to [qmin - zero_point, qmax - zero_point]: the rounded value is
     # an integer in float32, so adding the integer zero point is exact below 2**24, and beyond it both forms
@@ -66,7 +68,7 @@ def eval_twin(program: fx.GraphModule) -> fx.GraphModule:
             q = node.args[0]
             x, scale, zero_point, qmin, qmax = q.args[:5]
             with graph.inserting_before(node):
-                fq = graph.call_function(_fake_quantize, (x, 1.0 / scale, scale, zero_point, qmin, qmax))
+                fq = graph.call_function(fake_quantize, (x, 1.0 / scale, scale, zero_point, qmin, qmax))
             fq.meta = dict(node.meta)
             node.replace_all_uses_with(fq)
             graph.erase_node(node)
