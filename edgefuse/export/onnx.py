@@ -64,7 +64,7 @@ def export_onnx(
         example_inputs = tuple(x.expand(2, *x.shape[1:]).contiguous() if x.shape[0] == 1 else x
                                for x in example_inputs)
     try:
-        with quiet(), _decompose_only_what_needs_it():
+        with quiet(), _torchlib_registry_built_once(), _decompose_only_what_needs_it():
             model = _functional_program(model, tuple(example_inputs), dynamic_shapes)
             program = torch.onnx.export(
                 model, tuple(example_inputs), None, dynamo=True, opset_version=opset,
@@ -106,6 +106,43 @@ def _skip_multi_output_patterns_that_cannot_start_here() -> None:
 
     match._edgefuse_wrapped = True
     cls.match = match
+
+
+#: The exporter's registry of torchlib translations, by opset (see :func:`_torchlib_registry_built_once`).
+_TORCHLIB_REGISTRIES: dict = {}
+
+
+@contextlib.contextmanager
+def _torchlib_registry_built_once():
+    """While it is open, the ONNX exporter's ``ONNXRegistry.from_torchlib`` hands out a copy of the registry
+    it built the first time for that opset instead of building it again: every ``torch.onnx.export`` call
+    built it anew, inferring the ONNX signature of each of ~2,000 torchlib functions (0.4-0.8 s a call; an
+    int8 export makes two to four calls). The copy has its own dict and lists (a custom translation table
+    registered into it does not reach the cache); the entries, immutable once built, are shared. The files
+    come out byte for byte the same (``tests/export/test_onnx_decompose.py``)."""
+    try:
+        from torch.onnx._internal.exporter import _registration
+        cls = _registration.ONNXRegistry
+        original = cls.__dict__["from_torchlib"]
+    except (ImportError, AttributeError, KeyError):  # another torch: leave it as it is
+        yield
+        return
+    build = original.__func__
+
+    def from_torchlib(klass, opset_version=_registration._constants.TORCHLIB_OPSET):
+        key = (klass, opset_version)
+        if key not in _TORCHLIB_REGISTRIES:
+            _TORCHLIB_REGISTRIES[key] = build(klass, opset_version)
+        cached, registry = _TORCHLIB_REGISTRIES[key], klass()
+        registry.__dict__.update(cached.__dict__)
+        registry.functions = {target: list(metas) for target, metas in cached.functions.items()}
+        return registry
+
+    cls.from_torchlib = classmethod(from_torchlib)
+    try:
+        yield
+    finally:
+        cls.from_torchlib = original
 
 
 @contextlib.contextmanager
@@ -205,7 +242,7 @@ def _export_batch_one_as_any_batch(model: nn.Module, example_inputs: tuple, path
     shown to compute the same, and the caller exports with a symbolic batch instead."""
     x1 = tuple(x[:1] for x in example_inputs)
     try:
-        with quiet(), _decompose_only_what_needs_it():
+        with quiet(), _torchlib_registry_built_once(), _decompose_only_what_needs_it():
             program = torch.onnx.export(
                 _functional_program(model, x1, None), x1, None, dynamo=True, opset_version=opset,
                 input_names=input_names, output_names=output_names, optimize=True, verbose=False,

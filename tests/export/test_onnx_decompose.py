@@ -74,3 +74,44 @@ def test_a_program_with_an_op_to_decompose_is_retraced_whole(tmp_path, monkeypat
     path = onnx_export.export_onnx(model, (x[:1],), tmp_path / "m.onnx")
     assert seen and seen[0] is False
     np.testing.assert_allclose(_run(path, x), model(x).detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_the_torchlib_registry_is_built_once_and_the_files_are_the_same_bytes(tmp_path, monkeypatch):
+    """The exporter's registry of torchlib translations is built on the first export and copied after
+    (edgefuse.export.onnx._torchlib_registry_built_once): int8 and fp32 files byte for byte what an export
+    that builds it every time writes, the cache untouched by what an export does to its copy."""
+    from torch.onnx._internal.exporter import _registration
+
+    torch.manual_seed(0)
+    model = create_model("resnet", 10, fusion="se").eval()
+    program = quantize_ptq(model, TensorBatches(torch.randn(8, 1, 32, 32), 8, 4), quant_config_for()).program
+    x = torch.randn(1, 1, 32, 32)
+    built = []
+    build = _registration.ONNXRegistry.__dict__["from_torchlib"].__func__
+
+    def counting(cls, *args, **kwargs):
+        built.append(cls)
+        return build(cls, *args, **kwargs)
+
+    monkeypatch.setattr(_registration.ONNXRegistry, "from_torchlib", classmethod(counting))
+    monkeypatch.setattr(onnx_export, "_TORCHLIB_REGISTRIES", {})
+    cached = {k: onnx_export.export_onnx(m, (x,), tmp_path / f"{k}.cached.onnx")
+              for k, m in (("int8", program), ("fp32", model), ("int8-again", program))}
+    assert len(built) == 1  # three exports (four exporter calls at least), one registry built
+    (key, registry), = onnx_export._TORCHLIB_REGISTRIES.items()
+    size = len(registry.functions)
+    built_once = onnx_export._torchlib_registry_built_once
+    assert _registration.ONNXRegistry.__dict__["from_torchlib"].__func__ is counting  # restored after each
+    monkeypatch.setattr(onnx_export, "_torchlib_registry_built_once", contextlib.nullcontext)
+    for k, m in (("int8", program), ("fp32", model)):
+        fresh = onnx_export.export_onnx(m, (x,), tmp_path / f"{k}.fresh.onnx")
+        assert fresh.read_bytes() == cached[k].read_bytes(), k
+    assert cached["int8-again"].read_bytes() == cached["int8"].read_bytes()
+    assert len(built) > 1 and len(registry.functions) == size
+    # a custom translation registered into a copy (as torch.onnx.export(custom_translation_table=) does)
+    relu = torch.ops.aten.relu.default
+    before = list(registry.functions[relu.name()])
+    with built_once():
+        copy = _registration.ONNXRegistry.from_torchlib()
+    copy.register_op(relu, lambda x: x)
+    assert len(copy.functions[relu.name()]) == len(before) + 1 and registry.functions[relu.name()] == before
