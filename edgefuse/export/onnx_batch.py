@@ -49,7 +49,7 @@ def symbolic_batch(proto: onnx.ModelProto) -> bool:
     """Give ``proto`` (exported at batch 1) a symbolic batch, in place; False when that cannot be shown safe.
 
     Dimension 0 of the inputs, the outputs and every tensor computed from the inputs becomes ``batch``, and
-    each Reshape target ``[1, ...]`` of such a tensor becomes ``[-1, d...]``, ``d`` the recorded per-sample
+    each Reshape target ``[1, ...]`` or ``[0, ...]`` of such a tensor becomes ``[-1, d...]``, ``d`` the recorded per-sample
     shape of its result (whose product is one sample's size, so ``-1`` is the batch). Every node computed
     from the inputs must be per-sample by its kind, attributes and constants (see the module docstring).
     """
@@ -168,9 +168,12 @@ def _per_sample_node(node, ctx: _Context) -> bool:
         return derived[0] and not any(derived[1:]) and _axes_avoid_batch(
             axes, rank if op == "Squeeze" else out_rank)
     if op == "Reshape":
+        # dimension 0 of the target: the batch of one, or 0 = "copy the input's" (unless allowzero makes it a
+        # literal 0), as the exporter writes ``flatten(2).transpose(1, 2)`` of a 1x1 map (the zoo's
+        # EfficientAttention at its last stages: its int8 and fp32 exports were refused and done twice)
         target = ctx.const(ins[1]) if len(ins) > 1 else None
         return (derived[0] and target is not None and target.ndim == 1 and len(target) == out_rank
-                and len(target) > 0 and target[0] == 1)
+                and len(target) > 0 and (target[0] == 1 or (target[0] == 0 and not _attr(node, "allowzero", 0))))
     if op == "Slice":  # starts, ends, axes (given, none of them 0), steps: constants
         consts = [ctx.const(i) if i else None for i in ins[1:]]
         return (derived[0] and len(ins) >= 4 and not any(derived[1:]) and all(c is not None for c in consts[:3])

@@ -11,6 +11,7 @@ from torch import nn
 import edgefuse.export.onnx as onnx_export
 from edgefuse.export import export_onnx
 from edgefuse.export.onnx_batch import symbolic_batch
+from edgefuse.models.registry import create_model
 
 
 class SqueezeExcite(nn.Module):
@@ -87,6 +88,38 @@ def test_a_per_sample_model_is_exported_at_batch_one_and_runs_any_batch(tmp_path
             np.testing.assert_allclose(_run(path, x), model(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
+class ChannelConv(nn.Module):
+    """ECA's gate (Wang et al., 2020): a 1-D conv across the pooled channels, ``view(b, 1, -1)`` (a Reshape to
+    ``[1, 1, -1]`` at batch 1). The zoo's EfficientAttention over a 1x1 map is where the exporter writes a
+    target ``[0, 1, -1]`` (``flatten(2).transpose(1, 2)`` as one Reshape, dimension 0 copied from its input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        y = self.conv(x.mean((2, 3)).view(x.shape[0], 1, -1)).view(x.shape[0], -1, 1, 1)
+        return x * torch.sigmoid(y)
+
+
+@pytest.mark.parametrize("make", [ChannelConv, lambda: create_model("resnet", 10, fusion="effatt")],
+                         ids=["eca-gate", "resnet-effatt"])
+def test_a_reshape_that_copies_the_batch_dimension_is_exported_at_batch_one(make, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = make().eval()
+    shape = (3, 8, 8) if isinstance(model, ChannelConv) else (1, 32, 32)
+    used = _batch_one_used(monkeypatch)
+    path = export_onnx(model, (torch.zeros(1, *shape),), tmp_path / "m.onnx")
+    assert used == [True]
+    targets = [onnx.numpy_helper.to_array(i).tolist() for i in onnx.load(str(path)).graph.initializer
+               if "__batch" in i.name]
+    assert targets and all(t[0] == -1 for t in targets)
+    for batch in (1, 2, 5):
+        x = torch.randn(batch, *shape)
+        with torch.no_grad():
+            np.testing.assert_allclose(_run(path, x), model(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("model", [MixesSamples(), MergesBatch(), Upsamples()],
                          ids=["mixes-samples", "merges-batch", "resize-to-sizes"])
 def test_a_graph_not_shown_per_sample_is_exported_with_a_symbolic_batch(model, tmp_path, monkeypatch):
@@ -99,17 +132,17 @@ def test_a_graph_not_shown_per_sample_is_exported_with_a_symbolic_batch(model, t
         np.testing.assert_allclose(_run(path, x), model(x).numpy(), rtol=1e-6, atol=1e-7)
 
 
-def _reshape_graph(target: list[int], data_dims: list[int], result_dims: list[int]) -> onnx.ModelProto:
+def _reshape_graph(target: list[int], data_dims: list[int], result_dims: list[int], **attrs) -> onnx.ModelProto:
     h = onnx.helper
     return h.make_model(h.make_graph(
-        [h.make_node("Relu", ["x"], ["r"]), h.make_node("Reshape", ["r", "shape"], ["y"])], "g",
+        [h.make_node("Relu", ["x"], ["r"]), h.make_node("Reshape", ["r", "shape"], ["y"], **attrs)], "g",
         [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, data_dims)],
         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, result_dims)],
         [onnx.numpy_helper.from_array(np.array(target, np.int64), "shape")],
         value_info=[h.make_tensor_value_info("r", onnx.TensorProto.FLOAT, data_dims)]))
 
 
-@pytest.mark.parametrize("target", [[1, 12], [1, -1], [1, 3, -1]])
+@pytest.mark.parametrize("target", [[1, 12], [1, -1], [1, 3, -1], [0, 3, -1], [0, -1]])
 def test_symbolic_batch_rewrites_a_leading_one_of_reshapes_to_the_per_sample_shape(target):
     result = [1, 12] if len(target) == 2 else [1, 3, 4]
     m = _reshape_graph(target, [1, 3, 2, 2], result)
@@ -134,6 +167,9 @@ def _graph(node: onnx.NodeProto, x_dims, y_dims, **constants) -> onnx.ModelProto
 def test_symbolic_batch_refuses_what_it_cannot_show_per_sample():
     # a target whose dimension 0 is not 1 (moves the batch), or a result of unknown size
     assert not symbolic_batch(_reshape_graph([3, 4], [1, 3, 2, 2], [3, 4]))
+    assert not symbolic_batch(_reshape_graph([-1, 4], [1, 3, 2, 2], [3, 4]))
+    # 0 with allowzero=1 is a literal 0, not "the input's dimension 0"
+    assert not symbolic_batch(_reshape_graph([0, 3, -1], [1, 3, 2, 2], [1, 3, 4], allowzero=1))
     assert not symbolic_batch(_reshape_graph([1, -1], [1, 3, 2, 2], [1, "n"]))
     # a tensor computed from the input whose dimension 0 is not the batch of one
     assert not symbolic_batch(_reshape_graph([1, 12], [3, 1, 2, 2], [1, 12]))
