@@ -4,7 +4,7 @@ torch's exporter spends about half again as long under a symbolic batch dimensio
 (MobileNetV3-large at 224x224: 6.3 s instead of 4.0 s for fp32, 11 s instead of 7.2 s for int8). A
 convolutional network is per-sample: every node maps sample ``i`` of its inputs to sample ``i`` of its output,
 so the batch-1 graph computes any batch once dimension 0 is symbolic -- unless a node carries a batch-1
-constant (a Reshape to ``[1, 960]``, a Resize to fixed ``sizes``, an Expand) or works across dimension 0
+constant (a Reshape to ``[1, 960]``, a Resize to fixed ``sizes``) or works across dimension 0
 (a reduction, softmax or concatenation over it, a Transpose that moves it). :func:`symbolic_batch` admits
 a graph only when every node computed from the inputs is of a kind known to be per-sample with the
 attributes and constants it has, rewrites the one batch-1 constant it knows how to (Reshape), and
@@ -167,6 +167,12 @@ def _per_sample_node(node, ctx: _Context) -> bool:
         axes = _attr(node, "axes") if len(ins) < 2 else ctx.const(ins[1])
         return derived[0] and not any(derived[1:]) and _axes_avoid_batch(
             axes, rank if op == "Squeeze" else out_rank)
+    if op == "Expand":
+        # ONNX broadcasts both ways: a target of 1 at dimension 0 (or none there) keeps the input's batch, as
+        # timm's ECA writes ``x * y.expand_as(x)``; a larger one, or new leading dimensions, would not
+        target = ctx.const(ins[1]) if len(ins) > 1 else None
+        return (derived[0] and not derived[1] and target is not None and target.ndim == 1 and rank is not None
+                and out_rank == rank and len(target) <= rank and (len(target) < rank or target[0] == 1))
     if op == "Reshape":
         # dimension 0 of the target: the batch of one, or 0 = "copy the input's" (unless allowzero makes it a
         # literal 0), as the exporter writes ``flatten(2).transpose(1, 2)`` of a 1x1 map (the zoo's
@@ -189,7 +195,7 @@ def _per_sample_node(node, ctx: _Context) -> bool:
         scales = ctx.const(ins[2]) if len(ins) > 2 and ins[2] else None
         return (derived[0] and not any(derived[1:]) and (len(ins) < 4 or not ins[3]) and scales is not None
                 and len(scales) > 0 and scales[0] == 1)
-    return False  # anything else (Shape, Expand, Tile, ConstantOfShape, ...) is not shown per-sample
+    return False  # anything else (Shape, Tile, ConstantOfShape, ...) is not shown per-sample
 
 
 #: How far a batch of three may be from each sample run alone, as a share of the output's largest magnitude:

@@ -89,8 +89,9 @@ def test_a_per_sample_model_is_exported_at_batch_one_and_runs_any_batch(tmp_path
 
 
 class ChannelConv(nn.Module):
-    """ECA's gate (Wang et al., 2020): a 1-D conv across the pooled channels, ``view(b, 1, -1)`` (a Reshape to
-    ``[1, 1, -1]`` at batch 1). The zoo's EfficientAttention over a 1x1 map is where the exporter writes a
+    """ECA's gate (Wang et al., 2020) as timm writes it: a 1-D conv across the pooled channels,
+    ``view(b, 1, -1)`` (a Reshape to ``[1, 1, -1]`` at batch 1), and ``x * y.expand_as(x)`` (an Expand to
+    ``[1, C, H, W]``). The zoo's EfficientAttention over a 1x1 map is where the exporter writes a Reshape
     target ``[0, 1, -1]`` (``flatten(2).transpose(1, 2)`` as one Reshape, dimension 0 copied from its input)."""
 
     def __init__(self):
@@ -99,12 +100,12 @@ class ChannelConv(nn.Module):
 
     def forward(self, x):
         y = self.conv(x.mean((2, 3)).view(x.shape[0], 1, -1)).view(x.shape[0], -1, 1, 1)
-        return x * torch.sigmoid(y)
+        return x * torch.sigmoid(y).expand_as(x)
 
 
 @pytest.mark.parametrize("make", [ChannelConv, lambda: create_model("resnet", 10, fusion="effatt")],
                          ids=["eca-gate", "resnet-effatt"])
-def test_a_reshape_that_copies_the_batch_dimension_is_exported_at_batch_one(make, tmp_path, monkeypatch):
+def test_eca_and_efficient_attention_gates_are_exported_at_batch_one(make, tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = make().eval()
     shape = (3, 8, 8) if isinstance(model, ChannelConv) else (1, 32, 32)
@@ -180,7 +181,9 @@ def test_symbolic_batch_refuses_what_it_cannot_show_per_sample():
         (h.make_node("Transpose", ["x"], ["y"], perm=[1, 0]), [1, 3], [3, 1], {}),
         (h.make_node("Flatten", ["x"], ["y"], axis=2), [1, 3, 2], [3, 2], {}),
         (h.make_node("Add", ["x", "c"], ["y"]), [1, 3], [2, 3], {"c": np.zeros((2, 3), np.float32)}),
-        (h.make_node("Expand", ["x", "s"], ["y"]), [1, 3], [1, 3], {"s": np.array([1, 3], np.int64)}),
+        # Expand to a batch of its own, or under a new leading dimension
+        (h.make_node("Expand", ["x", "s"], ["y"]), [1, 3], [4, 3], {"s": np.array([4, 3], np.int64)}),
+        (h.make_node("Expand", ["x", "s"], ["y"]), [1, 3], [2, 1, 3], {"s": np.array([2, 1, 3], np.int64)}),
         (h.make_node("Resize", ["x", "", "", "s"], ["y"]), [1, 1, 2, 2], [1, 1, 4, 4],
          {"s": np.array([1, 1, 4, 4], np.int64)}),
         (h.make_node("Shape", ["x"], ["y"]), [1, 3], [2], {}),
@@ -190,6 +193,9 @@ def test_symbolic_batch_refuses_what_it_cannot_show_per_sample():
     admitted = [
         (h.make_node("ReduceMean", ["x", "axes"], ["y"]), [1, 3, 2], [1, 2], {"axes": np.array([-2], np.int64)}),
         (h.make_node("Add", ["x", "c"], ["y"]), [1, 3], [1, 3], {"c": np.zeros((1, 3), np.float32)}),
+        # ECA's y.expand_as(x): 1 at dimension 0 broadcasts to the input's batch (and a shorter target)
+        (h.make_node("Expand", ["x", "s"], ["y"]), [1, 3, 1, 1], [1, 3, 2, 2], {"s": np.array([1, 3, 2, 2], np.int64)}),
+        (h.make_node("Expand", ["x", "s"], ["y"]), [1, 3, 1], [1, 3, 4], {"s": np.array([3, 4], np.int64)}),
         (h.make_node("Resize", ["x", "", "sc"], ["y"], mode="nearest"), [1, 1, 2, 2], [1, 1, 4, 4],
          {"sc": np.array([1, 1, 2, 2], np.float32)}),
     ]
