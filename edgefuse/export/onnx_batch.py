@@ -49,9 +49,10 @@ def symbolic_batch(proto: onnx.ModelProto) -> bool:
     """Give ``proto`` (exported at batch 1) a symbolic batch, in place; False when that cannot be shown safe.
 
     Dimension 0 of the inputs, the outputs and every tensor computed from the inputs becomes ``batch``, and
-    each Reshape target ``[1, ...]`` or ``[0, ...]`` of such a tensor becomes ``[-1, d...]``, ``d`` the recorded per-sample
-    shape of its result (whose product is one sample's size, so ``-1`` is the batch). Every node computed
-    from the inputs must be per-sample by its kind, attributes and constants (see the module docstring).
+    each Reshape target ``[1, ...]`` or ``[0, ...]`` of such a tensor becomes ``[-1, d...]``, ``d`` the
+    recorded per-sample shape of its result (whose product is one sample's size, so ``-1`` is the batch).
+    Every node computed from the inputs must be per-sample by its kind, attributes and constants (see the
+    module docstring).
     """
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}

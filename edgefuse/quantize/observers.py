@@ -5,10 +5,10 @@ channels-last): a range or a histogram does not depend on the order of the eleme
 the same in either layout, and ``aminmax`` and the histogram no longer copy every activation first (2 s
 of the 7 s that 96 images at 224x224 through MobileNetV3-large spent in them).
 
-The histogram observer bins large tensors with one multiply-add, a cast to 16-bit bin numbers and ``torch.bincount``
-instead of ``torch.histc`` (:func:`fast_histc`): the same bins for every value not within float rounding
-of a bin edge (1.6e-5 of MobileNetV3-large's values move to a neighbouring bin; the ranges of its 113
-observers come out bit-identical). ``histc`` was 9-11 s of the 15-17 s that calibrating MobileNetV3-large
+The histogram observer bins large tensors with one multiply-add, a cast to 16-bit bin numbers and
+``torch.bincount`` instead of ``torch.histc`` (:func:`fast_histc`): the same bins for every value not
+within float rounding of a bin edge (1.6e-5 of MobileNetV3-large's values move to a neighbouring bin; the
+ranges of its 113 observers come out bit-identical). ``histc`` was 9-11 s of the 15-17 s that calibrating MobileNetV3-large
 on 300 images at 224x224 took (it searches each value's bin among the edges; this computes it);
 calibration now takes 0.77x the time there, 0.74x for EfficientNet-B0. Its bincount runs on one core, so a
 tensor of several chunks is split over torch's threads (the binning of MobileNetV3-large's calibration:
