@@ -97,8 +97,8 @@ def test_the_torchlib_registry_is_built_once_and_the_files_are_the_same_bytes(tm
     monkeypatch.setattr(onnx_export, "_TORCHLIB_REGISTRIES", {})
     cached = {k: onnx_export.export_onnx(m, (x,), tmp_path / f"{k}.cached.onnx")
               for k, m in (("int8", program), ("fp32", model), ("int8-again", program))}
-    assert len(built) == 1  # three exports (four exporter calls at least), one registry built
-    (key, registry), = onnx_export._TORCHLIB_REGISTRIES.items()
+    assert len(built) == 1  # three exports (three exporter calls or more), one registry built
+    (registry,) = onnx_export._TORCHLIB_REGISTRIES.values()
     size = len(registry.functions)
     built_once = onnx_export._torchlib_registry_built_once
     assert _registration.ONNXRegistry.__dict__["from_torchlib"].__func__ is counting  # restored after each
