@@ -42,7 +42,7 @@ def _pick(mask: torch.Tensor, i: int, quantized: torch.Tensor, original: torch.T
     return quantized if bool(mask[i]) else original
 
 
-def _round_trip(mask: torch.Tensor, i: int, x: torch.Tensor, scale, zero_point, qmin, qmax, dtype) -> torch.Tensor:
+def _round_trip(mask: torch.Tensor, i: int, x: torch.Tensor, scale, zero_point, qmin, qmax) -> torch.Tensor:
     if not bool(mask[i]):
         return x
     # the eval twin's one-buffer form of quantize_per_tensor -> dequantize_per_tensor: the same bits, and the
@@ -197,8 +197,9 @@ def switch_prepared(prepared: torch.fx.GraphModule, config: QuantConfig) -> Swit
                 with graph.inserting_after(rt):
                     new = graph.call_function(_pick, (mask_node, n, rt, src))
             elif q.target is _qd.quantize_per_tensor.default and node.target is _qd.dequantize_per_tensor.default:
-                # Activations: the same two ops, run only while the switch is on.
-                new = graph.call_function(_round_trip, (mask_node, n, src, *q.args[1:6]))
+                # Activations: the same two ops, run only while the switch is on (the integer dtype, q.args[5],
+                # is not needed: fake_quantize's clamp to [qmin, qmax] is what the cast in between would keep).
+                new = graph.call_function(_round_trip, (mask_node, n, src, *q.args[1:5]))
             else:
                 new = graph.call_function(_pick, (mask_node, n, node, src))
         node.replace_all_uses_with(new, delete_user_cb=lambda u: u is not new)
