@@ -29,12 +29,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import onnx
 import torch
 
 from edgefuse._memory import keep_freed_memory
 from edgefuse.api import export_model
 from edgefuse.data import ImageDataset, PreprocessContract, load_data
 from edgefuse.export import export_onnx
+from edgefuse.export.onnx_checks import unread_nodes
 from edgefuse.models.third_party import calibrate_batch_norm, create_third_party, list_third_party
 from edgefuse.quantize.targets import quant_config_for
 from edgefuse.validate import Budgets, OrtModel, cpu_name, interleaved_latency
@@ -93,6 +95,9 @@ def measure(name: str, size: int, work: Path, *, formats=("onnx",), threads=(), 
         "padded_depthwise": int8_details.get("padded_depthwise"),
         # what latency-aware precision measured and chose (fp32 prefix, if any)
         "latency_precision": int8_details.get("latency_precision"),
+        # nodes whose outputs nothing reads: onnxruntime runs them anyway
+        "unread_nodes": {f.name: len(unread_nodes(onnx.load(str(f)).graph))
+                         for f in (files["fp32"], files["edgefuse_int8"])},
     }
     for t in threads:
         ms = {k: OrtModel(p, t) for k, p in files.items()}

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgefuse.export.onnx_checks import _consumers, node_attr
+from edgefuse.export.onnx_checks import _consumers, drop_dead_nodes, node_attr
 
 def _attr(node, name: str, default: float) -> float:
     return float(node_attr(node, name, default))
@@ -112,4 +112,7 @@ def int8_hard_activations(model: onnx.ModelProto) -> dict[str, int]:
     del g.node[:]
     g.node.extend(out)
     g.initializer.extend(added)
+    # A gate's old DequantizeLinear is unread once the Add has its own: onnxruntime would still run it (and
+    # transpose its input back to NCHW for it), also in the candidates the latency search times.
+    drop_dead_nodes(g)
     return counts

@@ -145,25 +145,61 @@ def restore_module_metadata(source: onnx.ModelProto, rebuilt: onnx.ModelProto) -
     return labelled
 
 
+def _read_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name the graph's outputs and nodes read, control-flow subgraphs included (they read
+    outer values by name)."""
+    used = {o.name for o in graph.output}
+
+    def visit(g: onnx.GraphProto) -> None:
+        for n in g.node:
+            used.update(n.input)
+            for attr in n.attribute:
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    visit(sub)
+
+    visit(graph)
+    return used
+
+
+def _is_read(node: onnx.NodeProto, used: set[str]) -> bool:
+    return any(o in used for o in node.output if o)
+
+
+def unread_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes none of whose outputs is read by a node, a subgraph or a graph output."""
+    used = _read_names(graph)
+    return [n for n in graph.node if not _is_read(n, used)]
+
+
+def drop_dead_nodes(graph: onnx.GraphProto) -> int:
+    """Remove :func:`unread_nodes` until none is left (a chain goes from its end); returns how many went.
+
+    onnxruntime does not remove them: it runs them, and in an int8 graph wraps each in its own NHWC
+    Transpose. A rewrite that gives a node a new input (the int8 hard-sigmoid's own DequantizeLinear)
+    leaves the old producer unread.
+    """
+    dropped = 0
+    while True:
+        used = _read_names(graph)
+        kept = [n for n in graph.node if _is_read(n, used)]
+        if len(kept) == len(graph.node):
+            return dropped
+        dropped += len(graph.node) - len(kept)
+        del graph.node[:]
+        graph.node.extend(kept)
+
+
 def compact(model: onnx.ModelProto) -> None:
     """Drop what runtimes recompute or never read: intermediate shapes (``value_info``, re-added by
-    onnxsim) and unused initializers.
+    onnxsim), nodes whose outputs nothing reads, and unused initializers.
 
     Zero points stay even where they are all zero: without them onnxruntime does not fuse a
     DequantizeLinear -> Gemm pair into QGemm (measured; Conv fuses either way).
     """
     del model.graph.value_info[:]
+    drop_dead_nodes(model.graph)
     # Rewrites (ReduceMean -> GlobalAveragePool) orphan their axes constants; drop initializers no node reads.
-    used = {o.name for o in model.graph.output}
-
-    def visit(graph: onnx.GraphProto) -> None:  # control-flow subgraphs read outer initializers too
-        for n in graph.node:
-            used.update(n.input)
-            for attr in n.attribute:
-                for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                    visit(g)
-
-    visit(model.graph)
+    used = _read_names(model.graph)
     kept = [t for t in model.graph.initializer if t.name in used]
     if len(kept) != len(model.graph.initializer):
         del model.graph.initializer[:]

@@ -171,6 +171,26 @@ def test_compact_drops_orphaned_initializers_but_keeps_subgraph_reads():
     assert [t.name for t in m.graph.initializer] == ["outer"]
 
 
+def test_compact_drops_unread_nodes_transitively_but_keeps_subgraph_reads():
+    from onnx import TensorProto, helper
+
+    from edgefuse.export.onnx_checks import compact
+
+    f = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1])  # noqa: E731
+    then = helper.make_graph([helper.make_node("Add", ["x", "inner_read"], ["t"])], "then", [], [f("t")])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["inner_read"], name="read_by_subgraph"),
+         helper.make_node("Relu", ["x"], ["a"], name="dead_chain_start"),
+         helper.make_node("Neg", ["a"], ["b"], name="dead_chain_end"),
+         helper.make_node("Dropout", ["x"], ["kept", "mask"], name="half_read"),
+         helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=then),
+         helper.make_node("Add", ["y", "kept"], ["z"], name="output")],
+        "g", [helper.make_tensor_value_info("cond", TensorProto.BOOL, []), f("x")], [f("z")])
+    m = helper.make_model(graph)
+    compact(m)
+    assert [n.name for n in m.graph.node] == ["read_by_subgraph", "half_read", "", "output"]
+
+
 def test_gate_multiplies_are_tiled_bit_identically(tmp_path, monkeypatch):
     """EfficientAttention gates on a 32x32x16 map: the int8 export views each multiply as (N, H*W/k, k*C) so onnxruntime's
     QLinearMul runs over long spans; the logits must not change by a single bit, and onnxruntime must

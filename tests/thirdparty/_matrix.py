@@ -39,6 +39,7 @@ def check(name, tmp_path, formats=("onnx",)):
     assert r["padded_depthwise"] == want if chosen == "all int8" else r["padded_depthwise"] <= want, r
     # never worse than onnxruntime's own quantizer by more than 3 dB on the same model and images
     assert r["sqnr_edgefuse_db"] >= r["sqnr_ort_db"] - 3.0, r
+    assert set(r["unread_nodes"].values()) == {0}, r  # no rewrite leaves work onnxruntime would still run
     if r["sqnr_ort_db"] >= 10.0:
         # a well-conditioned network at this size: the int8 file computes its PyTorch program
         assert r["edgefuse_vs_program"] >= 0.99, r
