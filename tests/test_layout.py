@@ -72,3 +72,20 @@ def test_observers_see_the_same_values_in_either_layout(name):
     for key, value in a.state_dict().items():
         assert torch.equal(value, b.state_dict()[key]), key
     assert all(torch.equal(p, q) for p, q in zip(a.calculate_qparams(), b.calculate_qparams()))
+
+
+def test_the_gate_runs_programs_channels_last_too(tmp_path):
+    # the file-vs-program check evaluates a program the gate has no predictions of (a latency-chosen fp32
+    # region's) over the whole evaluation split: in the layout predict() uses
+    from edgefuse.export import export_onnx
+    from edgefuse.export.artifacts import ExportResult
+    from edgefuse.export.formats.base import Artifact
+    from edgefuse.validate.shipped import agreement_with_programs
+
+    data = _dataset(BIG)
+    for model, channels_last in ((Conv().eval(), True), (ViewsFlat().eval(), False)):
+        export_onnx(model, (data[0][0][None],), tmp_path / "model.fp32.onnx")
+        staged = ExportResult(tmp_path, [Artifact("model.fp32.onnx", "onnx", "fp32")], [], {})
+        model.layouts.clear()
+        assert agreement_with_programs(staged, {"fp32": model}, data, batch_size=2) == {"model.fp32.onnx": 1.0}
+        assert model.layouts[-2:] == [not channels_last] * 2, (type(model).__name__, model.layouts)

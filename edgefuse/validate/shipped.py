@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgefuse._layout import in_layout, run_first_batch
 from edgefuse.data import eval_batch_size
 from edgefuse.export.artifacts import ExportResult
 from edgefuse.export.formats import format_names, get_format
@@ -178,11 +179,16 @@ def agreement_with_programs(staged: ExportResult, programs: dict[str, nn.Module]
     got_top1 = {f: [] for f in runtimes}
     n = len(dataset) if refs or runtimes else 0  # nothing left to run: every figure was known
     batch_size = batch_size or eval_batch_size(dataset)
+    channels_last: dict = {}  # per program, decided on the first batch as predict() does (edgefuse._layout)
     for start in range(0, n, batch_size):
         x = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, n))])
         with torch.no_grad():
             for k, module in refs.items():
-                ref_top1[k].append(module(x).argmax(1).numpy())
+                if k in channels_last:
+                    out = module(in_layout(x, channels_last[k]))
+                else:
+                    out, channels_last[k] = run_first_batch(module, x)
+                ref_top1[k].append(out.argmax(1).numpy())
         for f, rt in runtimes.items():
             got_top1[f].append(rt.run(x.numpy()).argmax(1))
     got = {**known, **{f: np.concatenate(v) for f, v in got_top1.items()}}
