@@ -6,9 +6,9 @@ depthwise kernels measure 2-4x slower than its fp32 NCHWc ones on them, and givi
 kernels loses more to the layout changes and Quantize/Dequantize passes at every switch than it gains
 (measured on torchvision's MobileNetV3-large at 224: 3.67 ms all int8, 3.89-4.32 ms with depthwise layers
 on fp32 kernels). One switch does pay: the network's first stages wholly in fp32, int8 from a cut on.
-Which cut is best depends on the network and the CPU, so it is measured: the candidates (cuts at each
-change of resolution) are timed interleaved against the all-int8 graph in one run, and the fastest wins
-by a clear margin only.
+Which cut is best depends on the network and the CPU, so it is measured: the candidates (cuts where the
+map crossing them is narrowest) are timed interleaved against the all-int8 graph in one run, and the
+fastest wins by a clear margin only.
 
 The region is a set of module paths (the ``module`` key edgefuse writes on every node), so the PyTorch
 program the file is checked against can be given the same region
@@ -32,9 +32,12 @@ from edgefuse.runtimes.timing import interleaved_latency
 #: A candidate must beat the all-int8 graph by this share of its median to be chosen: two medians of one
 #: graph in one interleaved run differ by 1-2 %, more on a shared machine.
 MARGIN = 0.03
-#: The search runs only where int8 does not already pay: all-int8 slower than this share of fp32's latency
-#: (a 1.33x speed-up). Where it pays, every layer stays int8 (smallest file, nothing more to measure).
-PAYS = 0.75
+#: The search runs unless int8 already pays: all-int8 at or under this share of fp32's latency, the 1.5x
+#: edgefuse holds depthwise networks to. EfficientNet-B0 (1.44x all int8) was left all int8 by the 1.33x
+#: this used to be although an fp32 start measured 8 % faster (1.34x -> 1.45x in one run); MobileNetV3-large
+#: (1.6x) gains 6-9 % from one too, but its search and the gate's evaluation of the program with that fp32
+#: region cost 4-11 s of a 30 s export, so where int8 pays the build stays all int8 (the smallest file).
+PAYS = 2 / 3
 #: At most this many cuts are timed.
 MAX_CANDIDATES = 10
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
@@ -103,11 +106,19 @@ def fp32_region(model: onnx.ModelProto, modules) -> dict[str, int]:
 
 
 def prefix_candidates(model: onnx.ModelProto, limit: int = MAX_CANDIDATES) -> dict[str, list[str]]:
-    """Cuts before convolutions over spatial maps (not the 1x1 ones of SE gates), evenly spaced over the first
-    three quarters of the network: candidate name -> the modules before the cut, in graph order."""
+    """Cuts before convolutions over spatial maps (not the 1x1 ones of SE gates) in the first three quarters
+    of the network where the map crossing the cut is narrowest: candidate name -> the modules before the
+    cut, in graph order.
+
+    A cut costs a Quantize (and onnxruntime's NHWC transpose) of the map it crosses, so of a run of cuts
+    whose input maps do not grow, only the last is kept (the most fp32 work for the least crossing):
+    the input of an inverted-residual block's expansion conv, not of the wide depthwise conv after it
+    (MobileNetV3-large at 224: the cut before ``features.2`` saved 0.26-0.49 ms of 4.2-5.3 ms; the
+    one before ``features.2.block.1`` lost 0.05-0.2 ms). At most ``limit``, the earliest always kept:
+    the high-resolution start is where fp32 wins."""
     shapes = _inferred_shapes(model)
     order: list[str] = []
-    cuts: list[tuple[str, list[str]]] = []
+    cuts: list[tuple[str, list[str], int | None]] = []
     for n in model.graph.node:
         mod = module_of(n)
         if n.op_type in _QDQ or not mod:
@@ -115,12 +126,15 @@ def prefix_candidates(model: onnx.ModelProto, limit: int = MAX_CANDIDATES) -> di
         if n.op_type == "Conv" and order:
             shape = shapes.get(n.input[0]) or []
             if len(shape) == 4 and all(shape[2:]) and shape[2] * shape[3] > 1:
-                cuts.append((f"fp32 before {mod}", list(order)))
+                size = int(np.prod(shape[1:])) if all(shape[1:]) else None
+                cuts.append((f"fp32 before {mod}", list(order), size))
         if mod not in order:
             order.append(mod)
-    cuts = cuts[: max(1, (3 * len(cuts)) // 4)]
-    step = max(1, -(-len(cuts) // limit))
-    return dict(cuts[step - 1 :: step][:limit])
+    sizes = [c[2] for c in cuts] + [None]
+    narrow = [c for i, c in enumerate(cuts[: max(1, (3 * len(cuts)) // 4)])
+              if None in (sizes[i], sizes[i + 1]) or sizes[i + 1] > sizes[i]]
+    step = max(1, -(-len(narrow) // limit))
+    return {name: modules for name, modules, _ in narrow[::step][:limit]}
 
 
 @dataclass
