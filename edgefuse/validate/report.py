@@ -244,7 +244,7 @@ def latency_precision_summary(c: dict) -> str:
     if c.get("chosen", "all int8") == "all int8":
         tried = len([k for k in ms if k not in ("fp32", "all int8")])
         if "fp32" in ms and ms.get("all int8", float("inf")) < PAYS * ms["fp32"]:
-            why = f"int8 already {1 / PAYS:.1f}x faster, nothing else timed"
+            why = f"int8 at least {1 / PAYS:.1f}x faster, nothing else timed"
         else:
             why = f"no fp32 prefix was faster ({tried} timed)" if tried else "no fp32 prefix to try"
         return f"every layer int8 ({ms.get('all int8', float('nan')):.3f} ms; {ref}; {why})."
