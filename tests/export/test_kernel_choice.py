@@ -110,7 +110,7 @@ def test_file_and_program_regions_compute_the_same(se_resnet):
         with torch.no_grad():
             prog_out = program_fp32_region(q.program, modules)(x).numpy()
         # file and program changed the arithmetic alike: they agree far more closely than either does with
-        # the all-int8 program (where the region quantized anything) or with fp32
+        # fp32 (and, counted below, with the all-int8 program where the region changed anything)
         assert sqnr_db(prog_out, file_out) > 60 > sqnr_db(fp32_out, prog_out), modules[-1]
         assert counts["quantizers"] == _quantizers(graph) - _quantizers(g)
         if counts["quantizers"] and sqnr_db(int8_out, prog_out) < 60:  # the region changed the arithmetic
