@@ -34,6 +34,14 @@ def run_first_batch(model, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
         return model(x), False
 
 
+def run_batch(model, x: torch.Tensor, channels_last: bool | None) -> tuple[torch.Tensor, bool]:
+    """``model``'s output on one batch of an evaluation: the first (``channels_last`` None) as
+    :func:`run_first_batch` decides, the others in the layout it chose; returns that layout."""
+    if channels_last is None:
+        return run_first_batch(model, x)
+    return model(in_layout(x, channels_last)), channels_last
+
+
 def runs_channels_last(model, x: torch.Tensor) -> bool:
     """Whether ``model`` should get ``x``-like batches channels-last (runs it on ``x`` when the rule says so)."""
     return prefers_channels_last(x) and run_first_batch(model, x)[1]

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from edgefuse._layout import in_layout, run_first_batch
+from edgefuse._layout import run_batch
 from edgefuse.blocks import ATTENTION_MODULES
 from edgefuse.blocks.gates import is_gate
 from edgefuse.data import DataSplits, ImageDataset, PreprocessContract, eval_batch_size
@@ -122,10 +122,7 @@ def predict(model: nn.Module, dataset, batch_size: int | None = None) -> tuple[n
     channels_last = None
     with torch.no_grad():
         for x, y in DataLoader(dataset, batch_size=batch_size):
-            if channels_last is None:  # decided on the first batch (see edgefuse._layout)
-                out, channels_last = run_first_batch(model, x)
-            else:
-                out = model(in_layout(x, channels_last))
+            out, channels_last = run_batch(model, x, channels_last)  # decided on the first batch (edgefuse._layout)
             preds.append(out.argmax(1).numpy())
             labels.append(np.asarray(y))
     model.train(was_training)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgefuse._layout import in_layout, run_first_batch
+from edgefuse._layout import run_batch
 from edgefuse.data import eval_batch_size
 from edgefuse.export.artifacts import ExportResult
 from edgefuse.export.formats import format_names, get_format
@@ -184,10 +184,7 @@ def agreement_with_programs(staged: ExportResult, programs: dict[str, nn.Module]
         x = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, n))])
         with torch.no_grad():
             for k, module in refs.items():
-                if k in channels_last:
-                    out = module(in_layout(x, channels_last[k]))
-                else:
-                    out, channels_last[k] = run_first_batch(module, x)
+                out, channels_last[k] = run_batch(module, x, channels_last.get(k))
                 ref_top1[k].append(out.argmax(1).numpy())
         for f, rt in runtimes.items():
             got_top1[f].append(rt.run(x.numpy()).argmax(1))
